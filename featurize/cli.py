@@ -1,0 +1,141 @@
+"""``soundception featurize``, ``inspect`` and ``synth``: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from shared.config import FeaturizerConfig
+
+_DEFAULT = FeaturizerConfig()
+
+
+def _storage_options(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not JSON: {error}") from None
+
+
+@click.command("featurize")
+@click.argument("audio_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--store", default="stores/features.zarr", show_default=True,
+              help="Zarr store path or fsspec URL (s3://bucket/name.zarr).")
+@click.option("--metadata", type=click.Path(exists=True), default=None,
+              help="Labels: a CSV (path,label[,background]) or a folder of BirdCLEF XML files.")
+@click.option("--labels", type=click.Choice(["auto", "xml", "csv", "folders", "none"]), default="auto",
+              show_default=True, help="Where labels come from (auto: CSV, XML next to the audio, or none).")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, default=None, help="Local cluster worker processes [default: CPU cores].")
+@click.option("--serial", is_flag=True, help="No dask: featurize in this process (debugging).")
+@click.option("--retry-failed", is_flag=True, help="Featurize files that failed in an earlier run again.")
+@click.option("--min-duration", type=float, default=_DEFAULT.min_duration, show_default=True,
+              help="Seconds; shorter clips are self-concatenated.")
+@click.option("--hop-length", type=int, default=_DEFAULT.hop_length, show_default=True, help="STFT hop, samples.")
+@click.option("--clip-percentiles", type=(float, float), default=_DEFAULT.clip_percentiles, show_default=True,
+              help="Low and high percentile of each log-spectrogram kept before scaling to 0..255.")
+@click.option("--time-chunk", type=int, default=1024, show_default=True,
+              help="Image columns per Zarr chunk (new stores only).")
+@click.option("--storage-options", default=None, help="fsspec options as JSON, e.g. an S3 endpoint.")
+def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
+                      workers: int | None, serial: bool, retry_failed: bool, min_duration: float, hop_length: int,
+                      clip_percentiles: tuple[float, float], time_chunk: int, storage_options: str | None) -> None:
+    """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
+    import logging
+
+    from tqdm import tqdm
+
+    from featurize.pipeline import featurize_store
+    from featurize.store import StoreMismatch
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("soundception").addHandler(handler)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    try:
+        config = FeaturizerConfig(min_duration=min_duration, hop_length=hop_length,
+                                  clip_percentiles=clip_percentiles)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    client = cluster = None
+    if not serial:
+        from distributed import Client, LocalCluster
+
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                   processes=True, dashboard_address=":0")
+            client = Client(cluster)
+        click.echo(f"dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} workers)")
+    bar = tqdm(unit="file", desc="featurize", file=sys.stderr)
+
+    def progress(finished: int) -> None:
+        bar.update(finished - bar.n)
+
+    try:
+        summary = featurize_store(audio_dir, store, config=config, metadata=metadata, labels=labels,
+                                  client=client, retry_failed=retry_failed,
+                                  storage_options=_storage_options(storage_options), time_chunk=time_chunk,
+                                  progress=progress)
+    except (StoreMismatch, FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    for line in summary.lines():
+        click.echo(line)
+
+
+@click.command("inspect")
+@click.argument("store")
+@click.option("--failed", is_flag=True, help="List failed files with their reasons.")
+@click.option("--png", nargs=2, metavar="FILE_ID OUT.png", default=None,
+              help="Render FILE_ID's image and its channels to OUT.png.")
+@click.option("--storage-options", default=None, help="fsspec options as JSON.")
+def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, storage_options: str | None) -> None:
+    """Summarize a feature store, list its failures or draw one file's image."""
+    from featurize.report import failure_lines, render_png, summary_lines
+    from shared.reader import FeatureStore, StoreError
+
+    try:
+        opened = FeatureStore(store, _storage_options(storage_options))
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
+    if failed:
+        lines = failure_lines(opened)
+        click.echo("\n".join(lines) if lines else "no failed files")
+    elif png:
+        try:
+            out = render_png(opened, png[0], png[1])
+        except (KeyError, ValueError) as error:
+            raise click.ClickException(str(error).strip("'\"")) from None
+        click.echo(f"wrote {out}")
+    else:
+        click.echo("\n".join(summary_lines(opened)))
+
+
+@click.command("synth")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--species", type=int, default=5, show_default=True)
+@click.option("--files-per-species", type=int, default=6, show_default=True)
+@click.option("--min-seconds", type=float, default=4.0, show_default=True)
+@click.option("--max-seconds", type=float, default=90.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_command(out_dir: str, species: int, files_per_species: int, min_seconds: float, max_seconds: float,
+                  seed: int) -> None:
+    """Write a deterministic synthetic bird dataset (audio, labels.csv, XML, calls.csv)."""
+    from featurize.synthetic import make_dataset
+
+    summary = make_dataset(out_dir, n_species=species, files_per_species=files_per_species,
+                           min_seconds=min_seconds, max_seconds=max_seconds, seed=seed)
+    click.echo(f"wrote {summary['n_files']} recordings ({summary['total_seconds'] / 60:.1f} min) "
+               f"of {len(summary['species'])} species to {out_dir}")

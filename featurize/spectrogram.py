@@ -1,0 +1,86 @@
+"""Log-power spectrograms, computed for any set of STFT frames so long recordings go in blocks.
+
+The STFT is centred (``librosa.stft(center=True, pad_mode="constant")``): frame ``j`` is centred
+on sample ``j * hop_length`` and the signal is zero-padded by ``n_fft // 2`` at both ends, so a
+recording of ``n`` samples has ``1 + n // hop_length`` frames for every (even) window size and all
+channels share one time axis. Frames are independent, so computing them in blocks gives exactly
+the values of computing them all at once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+import scipy.signal
+
+
+def frame_count(n_samples: int, *, hop_length: int) -> int:
+    """Number of centred STFT frames for ``n_samples`` samples."""
+    if n_samples < 0 or hop_length <= 0:
+        raise ValueError("n_samples must be >= 0 and hop_length > 0")
+    return 1 + n_samples // hop_length
+
+
+@lru_cache(maxsize=16)
+def _window(name: str, n_fft: int) -> np.ndarray:
+    window = scipy.signal.get_window(name, n_fft, fftbins=True).astype(np.float32)
+    window.setflags(write=False)
+    return window
+
+
+def frames_at(signal: np.ndarray, frame_indices: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
+    """Gather centred, zero-padded analysis frames.
+
+    Args:
+        signal: mono float32, shape ``(n,)``.
+        frame_indices: int, shape ``(f,)``; frame ``j`` is centred on sample ``j * hop_length``.
+        n_fft: frame length in samples.
+        hop_length: samples between frame centres.
+
+    Returns:
+        float32 array ``(f, n_fft)``, a new array.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    frame_indices = np.asarray(frame_indices, dtype=np.int64)
+    if signal.ndim != 1:
+        raise ValueError(f"signal must be 1-D, got shape {signal.shape}")
+    n = signal.shape[0]
+    starts = frame_indices * hop_length - n_fft // 2
+    out = np.zeros((frame_indices.shape[0], n_fft), dtype=np.float32)
+    inside = (starts >= 0) & (starts + n_fft <= n)
+    if inside.any():
+        out[inside] = np.lib.stride_tricks.sliding_window_view(signal, n_fft)[starts[inside]]
+    for row in np.flatnonzero(~inside):  # at most a few dozen frames at each end
+        start = starts[row]
+        lo, hi = max(start, 0), min(start + n_fft, n)
+        if hi > lo:
+            out[row, lo - start : hi - start] = signal[lo:hi]
+    return out
+
+
+def log_power(frames: np.ndarray, *, window: str = "hann", amin: float = 1e-10) -> np.ndarray:
+    """Windowed power spectrum in decibels of each frame.
+
+    Args:
+        frames: float32 ``(f, n_fft)`` from :func:`frames_at`.
+        window: window name for ``scipy.signal.get_window`` (periodic).
+        amin: power floor, so silence gives ``10 * log10(amin)`` dB instead of ``-inf``.
+
+    Returns:
+        float32 ``(f, n_fft // 2 + 1)``: ``10 * log10(max(|rfft(frame * window)|**2, amin))``,
+        bins from 0 Hz to Nyquist. Equals ``librosa.power_to_db(|librosa.stft(...)|**2,
+        ref=1, amin=amin, top_db=None)`` transposed.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.ndim != 2 or frames.shape[1] < 2:
+        raise ValueError(f"frames must have shape (f, n_fft >= 2), got {frames.shape}")
+    frames = frames * _window(window, frames.shape[1])
+    spectrum = scipy.fft.rfft(frames, axis=1, workers=1)
+    power = spectrum.real * spectrum.real
+    power += spectrum.imag * spectrum.imag
+    np.maximum(power, np.float32(amin), out=power)
+    np.log10(power, out=power)
+    power *= np.float32(10.0)
+    return power

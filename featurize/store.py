@@ -1,0 +1,265 @@
+"""Writing a feature store (layout in :mod:`shared.schema`).
+
+Two kinds of writer, never touching the same chunk:
+
+* the **driver** (one process) creates the store, registers files, grows the padded axes and
+  writes the small per-file variables (status, n_frames, ...) as results arrive;
+* each **task** writes only its own file's image chunks: chunks are ``(1, channels, height,
+  time_chunk)`` and a task writes whole chunks starting at multiples of ``time_chunk``, so two
+  tasks can never share a chunk (unaligned concurrent region writes silently lose data in
+  zarr/xarray/dask).
+
+Crash safety: a file is marked ``done`` only after all its chunks are written, so an interrupted
+file stays ``pending`` and is redone on the next run; nothing marked done is ever rewritten.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from shared import schema
+from shared.config import FeaturizerConfig, config_differences, config_hash
+
+DEFAULT_TIME_CHUNK = 1024  # columns (5.1 s); see bench/loader.py for the measurement
+PER_FILE_CHUNK = 4096
+
+
+class StoreMismatch(RuntimeError):
+    """The existing store was written with another featurizer config (or is not a feature store)."""
+
+
+class WidthExceedsStore(RuntimeError):
+    """A file's image is wider than the store's padded time axis; the driver grows it and retries."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(f"image width {width} px exceeds the store's time axis")
+        self.width = width
+
+
+def _open_kwargs(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    return {"storage_options": storage_options} if storage_options else {}
+
+
+def consolidate(group: zarr.Group) -> None:
+    """Refresh the consolidated metadata so ``xarray.open_zarr(path)`` opens fast and quietly.
+
+    Consolidated metadata is a copy of every array's shape; the driver calls this after each
+    change of shape (it alone changes shapes), so the copy is never stale while tasks run.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not part of the Zarr v3 spec": readers fall back fine
+        zarr.consolidate_metadata(group.store)
+
+
+def _versions() -> dict[str, str]:
+    names = ("soundception", "numpy", "scipy", "soundfile", "soxr", "zarr", "numcodecs")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _compressors() -> list[Any]:
+    # Only codecs from the Zarr v3 spec (portable); crc32c makes a corrupted chunk fail on read.
+    return [ZstdCodec(level=3), Crc32cCodec()]
+
+
+def _vector(group: zarr.Group, name: str, dims: tuple[str, ...], dtype: str, fill: Any, chunk: int,
+            attrs: dict[str, Any] | None = None) -> None:
+    array = group.create_array(
+        name, shape=(0,), chunks=(chunk,), dtype=str if dtype == "str" else dtype, fill_value=fill,
+        dimension_names=dims, compressors=_compressors(),
+    )
+    if attrs:
+        array.attrs.update(attrs)
+
+
+def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dict[str, Any] | None = None,
+                     time_chunk: int = DEFAULT_TIME_CHUNK, audio_root: str = "") -> zarr.Group:
+    """Create the store, or reopen one written with the same config.
+
+    Raises :class:`StoreMismatch` (one line, naming the differing fields) if the store exists
+    with another config, so images made two ways never mix.
+    """
+    kwargs = _open_kwargs(storage_options)
+    try:
+        group = zarr.open_group(url, mode="r+", use_consolidated=False, **kwargs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        group = None
+    if group is not None and len(list(group.keys())) + len(dict(group.attrs)) > 0:
+        attrs = dict(group.attrs)
+        if "featurizer_config" not in attrs:
+            raise StoreMismatch(f"{url} exists and is not a Soundception feature store; choose another --store")
+        old = FeaturizerConfig.from_dict(attrs["featurizer_config"])
+        if config_hash(old) != config_hash(config):
+            changes = "; ".join(config_differences(old, config))
+            raise StoreMismatch(
+                f"{url} was featurized with another config (hash {config_hash(old)}, this run "
+                f"{config_hash(config)}: {changes}); use a new --store or the store's settings"
+            )
+        _repair_lengths(group)
+        consolidate(group)
+        return group
+    if time_chunk <= 0:
+        raise ValueError("time_chunk must be positive")
+    group = zarr.open_group(url, mode="w", zarr_format=3, **kwargs)
+    channels, height = len(config.fft_windows), config.image_height
+    group.create_array(
+        schema.IMAGE, shape=(0, channels, height, 0), chunks=(1, channels, height, time_chunk),
+        dtype="uint8", fill_value=0, dimension_names=schema.IMAGE_DIMS, compressors=_compressors(),
+    ).attrs.update({"long_name": "multiscale log-spectrogram image (R, G, B = FFT windows)",
+                    "valid_width": "n_frames"})
+    _vector(group, schema.FILE, (schema.FILE,), "str", "", PER_FILE_CHUNK)
+    for name, (dims, dtype, fill) in schema.PER_FILE.items():
+        _vector(group, name, dims, dtype, fill, PER_FILE_CHUNK,
+                {"units": "s"} if name == "duration" else {"units": "px"} if name == "n_frames" else None)
+    _vector(group, schema.CLASS, (schema.CLASS,), "str", "", PER_FILE_CHUNK)
+    for name, (dims, dtype, fill) in schema.PER_CLASS.items():
+        _vector(group, name, dims, dtype, fill, PER_FILE_CHUNK)
+    channel = group.create_array(schema.CHANNEL, shape=(channels,), dtype=str, fill_value="",
+                                 dimension_names=(schema.CHANNEL,))
+    channel[:] = np.array(config.channel_names)
+    freq = group.create_array(schema.FREQ, shape=(height,), dtype="float32", fill_value=0.0,
+                              dimension_names=(schema.FREQ,))
+    freq[:] = schema.freq_coordinate(config)
+    freq.attrs.update({"units": "Hz", "long_name": "frequency of the image row"})
+    _vector(group, schema.TIME, (schema.TIME,), "float64", 0.0, 1 << 16,
+            {"units": "s", "long_name": "time of the column centre from the start of the recording"})
+    group.attrs.update({
+        "schema_version": schema.SCHEMA_VERSION,
+        "featurizer_config": config.to_dict(),
+        "config_hash": config_hash(config),
+        "versions": _versions(),
+        "audio_root": str(audio_root),
+        "title": "Soundception multiscale spectrogram feature store",
+    })
+    consolidate(group)
+    return group
+
+
+def _repair_lengths(group: zarr.Group) -> None:
+    """After a crash while files were being registered, trim per-file arrays to the ``file`` length.
+
+    The ``file`` coordinate is resized last when registering, so it is the truth.
+    """
+    n_files = group[schema.FILE].shape[0]
+    for name in (*schema.PER_FILE, schema.IMAGE):
+        array = group[name]
+        if array.shape[0] != n_files:
+            array.resize((n_files,) + array.shape[1:])
+
+
+def file_ids(group: zarr.Group) -> list[str]:
+    return schema.as_strings(group[schema.FILE][...]).tolist()
+
+
+def register_files(group: zarr.Group, entries: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Append files not yet in the store (status pending); return ``{id: index}`` for all files.
+
+    Each entry has ``id``, ``path``, ``label`` (class index), ``background`` (str).
+    """
+    ids = file_ids(group)
+    index = {file_id: i for i, file_id in enumerate(ids)}
+    new = [entry for entry in entries if entry["id"] not in index]
+    if not new:
+        return index
+    start, total = len(ids), len(ids) + len(new)
+    for name in (*schema.PER_FILE, schema.IMAGE):
+        array = group[name]
+        array.resize((total,) + array.shape[1:])
+    for name in ("path", "label", "background"):
+        dtype = group[name].dtype
+        values = [entry[name] for entry in new]
+        group[name][start:total] = np.array(values, dtype=object if name != "label" else "int32")
+    group["status"][start:total] = np.array([schema.PENDING] * len(new), dtype=object)
+    file_array = group[schema.FILE]
+    file_array.resize((total,))
+    file_array[start:total] = np.array([entry["id"] for entry in new], dtype=object)
+    for offset, entry in enumerate(new):
+        index[entry["id"]] = start + offset
+    consolidate(group)
+    return index
+
+
+def set_classes(group: zarr.Group, classes: Sequence[str], names: Sequence[str]) -> None:
+    """Write the class list (``class`` coordinate and ``class_name``)."""
+    for name, values in ((schema.CLASS, classes), ("class_name", names)):
+        array = group[name]
+        array.resize((len(values),))
+        if values:
+            array[:] = np.array(list(values), dtype=object)
+    consolidate(group)
+
+
+def ensure_width(group: zarr.Group, width: int, config: FeaturizerConfig) -> int:
+    """Grow the padded time axis (and ``time`` coordinate) to at least ``width`` columns.
+
+    The new extent is rounded up to a whole number of chunks. Returns the extent.
+    """
+    image = group[schema.IMAGE]
+    chunk = image.chunks[3]
+    current = image.shape[3]
+    if width <= current:
+        return current
+    extent = int(math.ceil(width / chunk) * chunk)
+    image.resize(image.shape[:3] + (extent,))
+    time = group[schema.TIME]
+    time.resize((extent,))
+    time[current:extent] = schema.time_coordinate(extent, config)[current:]
+    consolidate(group)
+    return extent
+
+
+def write_fields(group: zarr.Group, updates: dict[int, dict[str, Any]]) -> None:
+    """Write per-file variables for many files at once: ``{index: {name: value}}``."""
+    by_field: dict[str, tuple[list[int], list[Any]]] = {}
+    for index, fields in updates.items():
+        for name, value in fields.items():
+            by_field.setdefault(name, ([], []))
+            by_field[name][0].append(index)
+            by_field[name][1].append(value)
+    # status last: a file is "done" only once its other fields are on disk
+    for name in sorted(by_field, key=lambda n: n == "status"):
+        indices, values = by_field[name]
+        array = group[name]
+        dtype = object if schema.PER_FILE[name][1] == "str" else schema.PER_FILE[name][1]
+        order = np.argsort(indices)
+        array.vindex[np.asarray(indices)[order]] = np.asarray(values, dtype=dtype)[order]
+
+
+def write_image(url: str, index: int, width: int,
+                blocks: Callable[[int], Iterable[tuple[int, np.ndarray]]], *,
+                storage_options: dict[str, Any] | None = None) -> None:
+    """Write one file's image, chunk-aligned.
+
+    ``blocks(time_chunk)`` must yield ``(start_column, pixels)`` with starts at multiples of
+    the store's ``time_chunk`` and ``time_chunk`` columns each (the last may be shorter; it is
+    zero-padded to the chunk boundary so the write stays chunk-aligned). Pixels are uint8
+    ``(channels, height, columns)``; columns from ``width`` to the end of the last chunk are zero.
+
+    Raises :class:`WidthExceedsStore` before writing anything if the time axis is too short.
+    """
+    image = zarr.open_array(f"{url.rstrip('/')}/{schema.IMAGE}", mode="r+", **_open_kwargs(storage_options))
+    chunk, extent = image.chunks[3], image.shape[3]
+    if width > extent:
+        raise WidthExceedsStore(width)
+    for start, pixels in blocks(chunk):
+        if start % chunk:
+            raise ValueError(f"block start {start} is not a multiple of the time chunk {chunk}")
+        stop = min(start + chunk, extent)
+        if pixels.shape[2] < stop - start:
+            padded = np.zeros(pixels.shape[:2] + (stop - start,), dtype=np.uint8)
+            padded[:, :, : pixels.shape[2]] = pixels
+            pixels = padded
+        image[index, :, :, start:stop] = pixels

@@ -1,0 +1,139 @@
+"""A small read-only API over a feature store, used by the trainer and by ``inspect``.
+
+It reads with zarr directly (no xarray, no dask), so it stays light inside data-loader workers.
+Per-file tables are small and read once; images are read on demand, only the chunks a request
+touches.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import zarr
+
+from shared import schema
+from shared.config import FeaturizerConfig
+
+
+class StoreError(RuntimeError):
+    """The path is not a readable feature store, or the store is not what the reader expects."""
+
+
+class FeatureStore:
+    """Read-only view of a feature store at a local path or an fsspec URL.
+
+    Args:
+        url: local path (``stores/demo.zarr``) or URL (``s3://bucket/demo.zarr``).
+        storage_options: fsspec options for URLs (endpoint, credentials).
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = str(url)
+        self.storage_options = storage_options
+        try:
+            kwargs = {"storage_options": storage_options} if storage_options else {}
+            # not the consolidated copy: the per-array metadata is the truth while a run is growing the store
+            self.group = zarr.open_group(self.url, mode="r", use_consolidated=False, **kwargs)
+        except Exception as error:  # zarr raises several types for "not a group"
+            raise StoreError(f"{self.url} is not a readable Zarr feature store ({error})") from None
+        attrs = dict(self.group.attrs)
+        if "featurizer_config" not in attrs or schema.IMAGE not in self.group:
+            raise StoreError(f"{self.url} is a Zarr group but not a Soundception feature store")
+        if attrs.get("schema_version") != schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url} has schema version {attrs.get('schema_version')}, "
+                f"this reader understands {schema.SCHEMA_VERSION}"
+            )
+        self.attrs = attrs
+        self.config = FeaturizerConfig.from_dict(attrs["featurizer_config"])
+        self.config_hash: str = attrs["config_hash"]
+        self._image = self.group[schema.IMAGE]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Loader workers reopen the store themselves instead of pickling open handles.
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["storage_options"])
+
+    def _column(self, name: str) -> np.ndarray:
+        array = self.group[name]
+        values = np.asarray(array[...])
+        return schema.as_strings(values) if values.dtype.kind in "TOU" else values
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """File ids, shape ``(n_files,)``."""
+        return self._column(schema.FILE)
+
+    @cached_property
+    def classes(self) -> list[str]:
+        """Class ids in label order."""
+        return [str(c) for c in self._column(schema.CLASS)] if schema.CLASS in self.group else []
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """Human-readable class names (species) in label order."""
+        if "class_name" not in self.group:
+            return list(self.classes)
+        return [str(n) or c for n, c in zip(self._column("class_name"), self.classes)]
+
+    @cached_property
+    def table(self) -> dict[str, np.ndarray]:
+        """All per-file variables as numpy arrays keyed by name, each shape ``(n_files,)``."""
+        return {name: self._column(name) for name in schema.PER_FILE if name in self.group}
+
+    @property
+    def n_files(self) -> int:
+        return int(self._image.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int, int]:
+        """Padded image array shape ``(file, channel, freq, time)``."""
+        return tuple(int(s) for s in self._image.shape)  # type: ignore[return-value]
+
+    @property
+    def time_chunk(self) -> int:
+        return int(self._image.chunks[3])
+
+    def done_indices(self) -> np.ndarray:
+        """Indices of files whose status is ``done``, shape ``(n_done,)``."""
+        return np.flatnonzero(self.table["status"] == schema.DONE)
+
+    def background_indices(self, index: int) -> list[int]:
+        """Class indices of file ``index``'s background species that are in the class list.
+
+        Entries match a class id or a class name (case-insensitive); unknown species are dropped.
+        """
+        text = str(self.table["background"][index])
+        lookup = {c.lower(): i for i, c in enumerate(self.classes)}
+        lookup.update({n.lower(): i for i, n in enumerate(self.class_names) if n})
+        found = []
+        for item in text.split(schema.BACKGROUND_SEPARATOR):
+            key = item.strip().lower()
+            if key and key in lookup and lookup[key] not in found:
+                found.append(lookup[key])
+        return found
+
+    def image(self, index: int) -> np.ndarray:
+        """File ``index``'s whole image trimmed to its valid width: uint8 ``(channel, freq, n_frames)``."""
+        width = int(self.table["n_frames"][index])
+        return np.asarray(self._image[index, :, :, :width])
+
+    def window(self, index: int, start: int, width: int) -> np.ndarray:
+        """Columns ``[start, start + width)`` of file ``index``: uint8 ``(channel, freq, width)``.
+
+        Columns past the file's valid width read as 0 (black), so a window may hang over the end.
+        Only the chunks the window touches are read.
+        """
+        if width <= 0:
+            raise ValueError(f"window width must be positive, got {width}")
+        valid = int(self.table["n_frames"][index])
+        start = max(0, int(start))
+        stop = min(start + int(width), valid)
+        out = np.zeros(self._image.shape[1:3] + (int(width),), dtype=np.uint8)
+        if stop > start:
+            out[:, :, : stop - start] = self._image[index, :, :, start:stop]
+        return out

@@ -1,0 +1,79 @@
+"""The store schema: names, dimensions, dtypes and attributes both sides of the store agree on.
+
+A store is one Zarr v3 group::
+
+    image       (file, channel, freq, time)  uint8   padded; columns >= n_frames are unwritten
+    file        (file,)                      str     stable id: path relative to the audio root
+    channel     (channel,)                   str     "fft128", "fft512", "fft2048"
+    freq        (freq,)                      float32 Hz, row 0 is the highest frequency
+    time        (time,)                      float64 s, centre of each column
+    class       (class,)                     str     class ids, sorted
+    class_name  (class,)                     str     human-readable names (species) where known
+    path        (file,)                      str     source path relative to the audio root
+    label       (file,)                      int32   index into ``class``; -1 when unlabelled
+    background  (file,)                      str     background species, ";"-separated ids/names
+    duration    (file,)                      float64 s, original (before self-concatenation)
+    n_frames    (file,)                      int32   valid image width in pixels
+    status      (file,)                      str     "pending" | "done" | "failed"
+    error       (file,)                      str     one-line reason when failed
+    warning     (file,)                      str     one-line note when done with a caveat
+
+Group attributes: ``schema_version``, ``featurizer_config`` (dict), ``config_hash``,
+``versions`` (library versions that wrote it), ``audio_root``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shared.config import FeaturizerConfig
+
+SCHEMA_VERSION = 1
+
+IMAGE = "image"
+IMAGE_DIMS = ("file", "channel", "freq", "time")
+FILE, CHANNEL, FREQ, TIME, CLASS = "file", "channel", "freq", "time", "class"
+
+# name -> (dims, numpy dtype or "str", fill value)
+PER_FILE = {
+    "path": ((FILE,), "str", ""),
+    "label": ((FILE,), "int32", -1),
+    "background": ((FILE,), "str", ""),
+    "duration": ((FILE,), "float64", np.nan),
+    "n_frames": ((FILE,), "int32", 0),
+    "status": ((FILE,), "str", "pending"),
+    "error": ((FILE,), "str", ""),
+    "warning": ((FILE,), "str", ""),
+}
+PER_CLASS = {"class_name": ((CLASS,), "str", "")}
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+STATUSES = (PENDING, DONE, FAILED)
+
+BACKGROUND_SEPARATOR = ";"
+
+
+def freq_coordinate(config: FeaturizerConfig) -> np.ndarray:
+    """Frequency in Hz of each image row, shape ``(image_height,)``, descending.
+
+    Rows map linearly onto ``[0, sample_rate / 2]`` with both ends included ("align corners"),
+    for every FFT window alike, so one coordinate describes all channels. Row 0 is Nyquist (top of
+    the picture), the last row is 0 Hz (bottom), as in the paper's figures.
+    """
+    rows = np.arange(config.image_height, dtype=np.float64)
+    nyquist = config.sample_rate / 2.0
+    return (nyquist * (config.image_height - 1 - rows) / (config.image_height - 1)).astype(np.float32)
+
+
+def time_coordinate(n_columns: int, config: FeaturizerConfig) -> np.ndarray:
+    """Time in seconds of the centre of each image column, shape ``(n_columns,)``.
+
+    Column ``c`` covers ``[c, c + 1) / pixels_per_second`` seconds, the same for every file.
+    """
+    return (np.arange(n_columns, dtype=np.float64) + 0.5) / config.pixels_per_second
+
+
+def as_strings(values: object) -> np.ndarray:
+    """A string array read from zarr (numpy ``StringDType``) as a plain ``<U`` numpy array."""
+    items = np.asarray(values, dtype=object).ravel().tolist()
+    return np.array([str(item) for item in items], dtype=str) if items else np.zeros(0, dtype=str)

@@ -1,0 +1,138 @@
+"""The pure featurizer core against librosa, closed forms and hand-computed cases."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+from conftest import SR, noise, tone
+
+from featurize.audio import self_concatenate
+from featurize.image import MultiscaleImage, clip_bounds, multiscale_image, resize_frequency, to_uint8
+from featurize.spectrogram import frame_count, frames_at, log_power
+from shared.config import FeaturizerConfig
+from shared.schema import freq_coordinate, time_coordinate
+
+CONFIG = FeaturizerConfig()
+
+
+@pytest.mark.parametrize("n_fft", [128, 512, 2048])
+def test_log_power_matches_librosa(n_fft):
+    signal = noise(1.3, seed=1) + tone(3000.0, 1.3)
+    n = frame_count(signal.size, hop_length=110)
+    ours = log_power(frames_at(signal, np.arange(n), n_fft=n_fft, hop_length=110))
+    reference = librosa.power_to_db(
+        np.abs(librosa.stft(signal, n_fft=n_fft, hop_length=110, center=True, pad_mode="constant")) ** 2,
+        ref=1.0, amin=1e-10, top_db=None,
+    ).T
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, atol=2e-3 * np.abs(reference).max())
+
+
+def test_frames_in_blocks_equal_frames_at_once():
+    signal = noise(2.0, seed=2)
+    n = frame_count(signal.size, hop_length=110)
+    whole = frames_at(signal, np.arange(n), n_fft=2048, hop_length=110)
+    parts = np.concatenate([frames_at(signal, np.arange(a, min(a + 37, n)), n_fft=2048, hop_length=110)
+                            for a in range(0, n, 37)])
+    assert np.array_equal(whole, parts)
+
+
+def test_width_formula():
+    assert CONFIG.width_for(15.0) == 2990
+    assert CONFIG.width_for(60.0) == 11960
+    assert CONFIG.width_for(1.5) == 299
+    assert FeaturizerConfig(image_height=100, image_seconds=2.0).width_for(10.0) == 500
+
+
+def test_self_concatenation_whole_copies():
+    clip = np.arange(7, dtype=np.float32)
+    out, repeats = self_concatenate(clip, min_samples=20)
+    assert repeats == 3 and out.shape == (21,)
+    assert np.array_equal(out, np.concatenate([clip, clip, clip]))
+    same, once = self_concatenate(clip, min_samples=5)
+    assert once == 1 and same is clip
+
+
+def test_short_clip_becomes_at_least_min_duration_image():
+    image = multiscale_image(self_concatenate(tone(2000.0, 25.0), min_samples=60 * SR)[0], CONFIG)
+    # 25 s -> 3 copies = 75 s -> 299 / 1.5 * 75 px
+    assert image.shape == (3, 299, round(299 / 1.5 * 75))
+
+
+def test_pure_tone_lands_on_its_frequency_row_in_every_channel():
+    frequencies = freq_coordinate(CONFIG)
+    row_spacing = frequencies[0] - frequencies[1]
+    for f in (5512.5, 2756.25, 8268.75):  # centres of bins of the 128-sample window
+        image = multiscale_image(tone(f, 6.0) + noise(6.0, seed=3, amplitude=1e-3), CONFIG)
+        for channel in range(3):
+            profile = image[channel].astype(np.float64).mean(axis=1)
+            rows = np.flatnonzero(profile == profile.max())
+            assert abs(frequencies[rows].mean() - f) <= row_spacing, (channel, f, frequencies[rows])
+
+
+def test_click_lands_on_its_time_column():
+    signal = noise(10.0, seed=4, amplitude=1e-3)
+    for t in (2.0, 4.321, 7.5):
+        signal[int(round(t * SR))] = 1.0
+    image = multiscale_image(signal, CONFIG)
+    times = time_coordinate(image.shape[2], CONFIG)
+    for t in (2.0, 4.321, 7.5):
+        window = (times > t - 0.5) & (times < t + 0.5)
+        for channel in range(3):
+            # the broadband click is loudest in the upper half of the spectrum
+            energy = image[channel, :150][:, window].astype(np.float64).sum(axis=0)
+            assert abs(times[window][energy.argmax()] - t) <= 0.010, (channel, t)
+
+
+def test_clipping_bounds_are_percentiles_of_the_sampled_frames():
+    config = FeaturizerConfig(clip_percentiles=(5.0, 95.0), percentile_frames=100000)
+    signal = noise(3.0, seed=5) * np.linspace(0.01, 1, int(3 * SR), dtype=np.float32)
+    planned = MultiscaleImage.plan(signal, config)
+    for n_fft, (low, high) in zip(config.fft_windows, planned.bounds):
+        spectrum = librosa.power_to_db(np.abs(librosa.stft(signal, n_fft=n_fft, hop_length=110,
+                                                           pad_mode="constant")) ** 2, amin=1e-10, top_db=None)
+        assert low == pytest.approx(np.percentile(spectrum, 5.0), abs=0.05)
+        assert high == pytest.approx(np.percentile(spectrum, 95.0), abs=0.05)
+
+
+def test_to_uint8_clips_outliers_and_uses_full_range():
+    values = np.array([-500.0, -60.0, -30.0, 0.0, 400.0], dtype=np.float32)
+    out = to_uint8(values, low=-60.0, high=0.0)
+    assert out.dtype == np.uint8
+    assert out.tolist() == [0, 0, 128, 255, 255]
+    assert clip_bounds(np.arange(101.0), percentiles=(10.0, 90.0)) == (10.0, 90.0)
+
+
+def test_image_is_uint8_and_spans_the_range():
+    image = multiscale_image(noise(4.0, seed=6) + tone(4000.0, 4.0, amplitude=0.2), CONFIG)
+    assert image.dtype == np.uint8
+    for channel in image:
+        assert channel.min() == 0 and channel.max() == 255
+
+
+def test_silent_signal_gives_a_zero_image_and_no_nan():
+    planned = MultiscaleImage.plan(np.zeros(SR * 2, np.float32), CONFIG)
+    assert planned.silent
+    image = planned.block(0, planned.width)
+    assert np.all(np.isfinite(planned.bounds)) and not image.any()
+
+
+def test_blocks_equal_the_whole_image():
+    planned = MultiscaleImage.plan(noise(12.0, seed=7) + tone(1500.0, 12.0, amplitude=0.1), CONFIG)
+    whole = planned.block(0, planned.width)
+    pieces = np.concatenate([block for _, block in planned.blocks(500)], axis=2)
+    assert np.array_equal(whole, pieces)
+
+
+def test_resize_frequency_hand_computed():
+    spectrum = np.array([[0.0, 10.0, 20.0]], dtype=np.float32)  # bins at 0, Nyquist/2, Nyquist
+    out = resize_frequency(spectrum, height=5)  # rows: Nyquist, 3/4, 1/2, 1/4, 0
+    np.testing.assert_allclose(out, [[20.0, 15.0, 10.0, 5.0, 0.0]])
+
+
+def test_bad_signals_raise_clear_errors():
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        MultiscaleImage.plan(np.zeros((2, 100), np.float32), CONFIG)
+    with pytest.raises(ValueError, match="NaN"):
+        MultiscaleImage.plan(np.full(1000, np.nan, np.float32), CONFIG)
