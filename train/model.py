@@ -1,0 +1,122 @@
+"""Soundception: a timm backbone, fully convolutional in time, with two attention branches (paper 3.1-3.2).
+
+* auxiliary branch: tapped at the stride-16 feature map (for ``inception_v4`` the 1,024 channels
+  after the Inception-B stack), pooled by temporal attention (default) to auxiliary logits;
+* main branch: the final stride-32 feature map, pooled by time-frequency attention (default) to
+  the main logits.
+
+Any input width works: the pooled vectors do not depend on the number of time steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from train.attention import create_attention
+
+AUX_REDUCTION, MAIN_REDUCTION = 16, 32
+
+
+@dataclass
+class SoundceptionOutput:
+    """What :class:`Soundception` returns for a batch of ``B`` images.
+
+    Attributes:
+        logits: ``(B, n_classes)`` main-branch logits.
+        aux_logits: ``(B, n_classes)`` auxiliary-branch logits.
+        temporal_attention: auxiliary attention map, ``(B, T16)`` for ``temporal``
+            (``(B, F16, T16)`` for the 2-D types).
+        time_frequency_attention: main attention map, ``(B, F32, T32)`` for ``time_frequency``
+            (``(B, T32)`` for ``temporal``).
+    """
+
+    logits: torch.Tensor
+    aux_logits: torch.Tensor
+    temporal_attention: torch.Tensor
+    time_frequency_attention: torch.Tensor
+
+
+def _feature_indices(backbone: str) -> tuple[int, int]:
+    """Indices of the stride-16 and stride-32 levels in timm's default feature list."""
+    import timm
+
+    # pretrained_cfg / feature_info are known without building weights for most models, but the
+    # only portable way is to ask the feature wrapper; building on the meta device is cheap.
+    with torch.device("meta"):
+        probe = timm.create_model(backbone, features_only=True, pretrained=False)
+    reductions = list(probe.feature_info.reduction())
+    missing = [r for r in (AUX_REDUCTION, MAIN_REDUCTION) if r not in reductions]
+    if missing:
+        raise ValueError(f"backbone {backbone!r} has feature strides {reductions}; Soundception needs "
+                         f"stride-{AUX_REDUCTION} and stride-{MAIN_REDUCTION} feature maps")
+    # the last level of each stride (inception_v4: the end of the Inception-B / C stacks)
+    aux = max(i for i, r in enumerate(reductions) if r == AUX_REDUCTION)
+    main = max(i for i, r in enumerate(reductions) if r == MAIN_REDUCTION)
+    return aux, main
+
+
+class Soundception(nn.Module):
+    """Attention-augmented timm backbone.
+
+    Args:
+        backbone: timm model name with ``features_only`` support (``inception_v4``).
+        n_classes: number of species (from the store).
+        main_attention: registry name for the main branch (``time_frequency``).
+        aux_attention: registry name for the auxiliary branch (``temporal``).
+        hidden: channels inside each attention detector.
+        dropout: dropout probability before each linear classifier.
+    """
+
+    def __init__(self, backbone: str, n_classes: int, *, main_attention: str = "time_frequency",
+                 aux_attention: str = "temporal", hidden: int = 256, dropout: float = 0.2) -> None:
+        super().__init__()
+        import timm
+
+        if n_classes < 1:
+            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+        self.backbone_name = backbone
+        self.backbone = timm.create_model(backbone, features_only=True, pretrained=False,
+                                          out_indices=_feature_indices(backbone))
+        aux_channels, main_channels = self.backbone.feature_info.channels()
+        self.aux_attention = create_attention(aux_attention, aux_channels, hidden)
+        self.main_attention = create_attention(main_attention, main_channels, hidden)
+        self.aux_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(aux_channels, n_classes))
+        self.main_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(main_channels, n_classes))
+        config = self.backbone.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(config.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(config.get("std", (0.5, 0.5, 0.5))).view(1, -1, 1, 1),
+                             persistent=False)
+
+    def heads(self) -> list[nn.Module]:
+        """Modules trained in stage 1 (everything but the backbone)."""
+        return [self.aux_attention, self.main_attention, self.aux_head, self.main_head]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1], ``(B, 3, H, W)`` -> the backbone's input normalisation."""
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ``(B, 3, H, W)`` -> stride-16 ``(B, C16, H/16, W/16)``, stride-32 ``(B, C32, ., .)``."""
+        aux, main = self.backbone(images)
+        return aux, main
+
+    def forward_head(self, aux: torch.Tensor, main: torch.Tensor) -> SoundceptionOutput:
+        aux_pooled, aux_map = self.aux_attention(aux)
+        main_pooled, main_map = self.main_attention(main)
+        return SoundceptionOutput(logits=self.main_head(main_pooled), aux_logits=self.aux_head(aux_pooled),
+                                  temporal_attention=aux_map, time_frequency_attention=main_map)
+
+    def forward(self, images: torch.Tensor) -> SoundceptionOutput:
+        """``images``: normalised float ``(B, 3, H, W)``, any ``W`` >= 32 px."""
+        if images.ndim != 4:
+            raise ValueError(f"expected images (batch, channels, height, width), got shape {tuple(images.shape)}")
+        return self.forward_head(*self.forward_features(images))
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (only those with ``requires_grad`` when ``trainable_only``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
