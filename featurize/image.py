@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from featurize.spectrogram import frame_count, frames_at, log_power
+from featurize.spectrogram import frame_count, frame_range, frames_at, log_power
 from shared.config import FeaturizerConfig
 
 
@@ -34,12 +35,31 @@ def _linear_weights(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.nd
     return low, high, weight
 
 
-def resize_frequency(spectrogram: np.ndarray, *, height: int) -> np.ndarray:
+@lru_cache(maxsize=32)
+def frequency_weights(bins: int, *, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which spectrogram bins the frequency resize reads, and how.
+
+    Returns ``(used, low, high, weight)``: ``used`` the sorted bin indices any row reads;
+    ``low``/``high`` per output row, as positions into ``used``; ``weight`` of ``high``.
+    Row ``r`` is frequency ``(height-1-r)/(height-1)*Nyquist`` (highest first).
+    """
+    positions = (height - 1 - np.arange(height)) * (bins - 1) / (height - 1)
+    low, high, weight = _linear_weights(positions, bins)
+    used, inverse = np.unique(np.concatenate([low, high]), return_inverse=True)
+    arrays = (used, inverse[:height], inverse[height:], weight)
+    for array in arrays:
+        array.setflags(write=False)  # shared by the cache
+    return arrays
+
+
+def resize_frequency(spectrogram: np.ndarray, *, height: int, bins: int | None = None) -> np.ndarray:
     """Linearly resample the frequency axis to ``height`` rows, highest frequency first.
 
     Args:
-        spectrogram: ``(frames, bins)``, bins from 0 Hz to Nyquist.
+        spectrogram: ``(frames, bins)``, bins from 0 Hz to Nyquist; or, when ``bins`` is given,
+            only the columns ``frequency_weights(bins, height=height)[0]`` of such a spectrogram.
         height: output rows.
+        bins: number of bins of the full spectrogram when only the used columns are passed.
 
     Returns:
         float32 ``(frames, height)``; column ``r`` is frequency ``(height-1-r)/(height-1)*Nyquist``.
@@ -47,9 +67,11 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int) -> np.ndarray:
     spectrogram = np.asarray(spectrogram, dtype=np.float32)
     if spectrogram.ndim != 2 or spectrogram.shape[1] < 2:
         raise ValueError(f"spectrogram must be (frames, bins >= 2), got {spectrogram.shape}")
-    bins = spectrogram.shape[1]
-    positions = (height - 1 - np.arange(height)) * (bins - 1) / (height - 1)
-    low, high, weight = _linear_weights(positions, bins)
+    used, low, high, weight = frequency_weights(bins or spectrogram.shape[1], height=height)
+    if bins is None:
+        low, high = used[low], used[high]
+    elif spectrogram.shape[1] != used.size:
+        raise ValueError(f"expected the {used.size} used bins of {bins}, got {spectrogram.shape[1]}")
     out = spectrogram[:, low]
     out += (spectrogram[:, high] - out) * weight
     return out
@@ -144,13 +166,16 @@ class MultiscaleImage:
         positions = column_frame_positions(np.arange(start, stop), config)
         first = int(np.clip(np.floor(positions[0]), 0, n_frames - 1))
         last = int(np.clip(np.floor(positions[-1]) + 1, 0, n_frames - 1))
-        frame_indices = np.arange(first, last + 1)
         out = np.empty((len(config.fft_windows), config.image_height, stop - start), dtype=np.uint8)
         for channel, (n_fft, (low, high)) in enumerate(zip(config.fft_windows, self.bounds)):
-            frames = frames_at(self.signal, frame_indices, n_fft=n_fft, hop_length=config.hop_length)
-            spectrum = log_power(frames, window=config.window, amin=config.amin)
+            frames = frame_range(self.signal, first, last + 1, n_fft=n_fft, hop_length=config.hop_length)
+            n_bins = n_fft // 2 + 1
+            # only the bins the bilinear resize reads are converted to dB (about 600 of 1,025 for 2048)
+            used = frequency_weights(n_bins, height=config.image_height)[0]
+            spectrum = log_power(frames, window=config.window, amin=config.amin,
+                                 bins=used if used.size < n_bins else None)
             np.clip(spectrum, low, high, out=spectrum)  # outliers first, as in the paper
-            rows = resize_frequency(spectrum, height=config.image_height)
+            rows = resize_frequency(spectrum, height=config.image_height, bins=n_bins)
             columns = resize_time(rows, np.clip(positions, 0, n_frames - 1) - first)
             out[channel] = to_uint8(columns, low=low, high=high).T
         return out

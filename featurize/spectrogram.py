@@ -60,26 +60,45 @@ def frames_at(signal: np.ndarray, frame_indices: np.ndarray, *, n_fft: int, hop_
     return out
 
 
-def log_power(frames: np.ndarray, *, window: str = "hann", amin: float = 1e-10) -> np.ndarray:
+def frame_range(signal: np.ndarray, start: int, stop: int, *, n_fft: int, hop_length: int) -> np.ndarray:
+    """Frames ``start .. stop - 1``, shape ``(stop - start, n_fft)``, like :func:`frames_at`.
+
+    Away from the signal's ends this is a strided read-only view (no copy); near the ends it
+    falls back to the zero-padded gather.
+    """
+    signal = np.asarray(signal, dtype=np.float32)
+    first = start * hop_length - n_fft // 2
+    last = (stop - 1) * hop_length - n_fft // 2
+    if stop <= start or first < 0 or last + n_fft > signal.shape[0]:
+        return frames_at(signal, np.arange(start, stop), n_fft=n_fft, hop_length=hop_length)
+    windows = np.lib.stride_tricks.sliding_window_view(signal[first : last + n_fft], n_fft)
+    return windows[::hop_length]
+
+
+def log_power(frames: np.ndarray, *, window: str = "hann", amin: float = 1e-10,
+              bins: np.ndarray | None = None) -> np.ndarray:
     """Windowed power spectrum in decibels of each frame.
 
     Args:
         frames: float32 ``(f, n_fft)`` from :func:`frames_at`.
         window: window name for ``scipy.signal.get_window`` (periodic).
         amin: power floor, so silence gives ``10 * log10(amin)`` dB instead of ``-inf``.
+        bins: optional frequency-bin indices to keep (others are never converted to dB).
 
     Returns:
-        float32 ``(f, n_fft // 2 + 1)``: ``10 * log10(max(|rfft(frame * window)|**2, amin))``,
-        bins from 0 Hz to Nyquist. Equals ``librosa.power_to_db(|librosa.stft(...)|**2,
-        ref=1, amin=amin, top_db=None)`` transposed.
+        float32 ``(f, n_fft // 2 + 1)`` (or ``(f, len(bins))``):
+        ``10 * log10(max(|rfft(frame * window)|**2, amin))``, bins from 0 Hz to Nyquist. Equals
+        ``librosa.power_to_db(|librosa.stft(...)|**2, ref=1, amin=amin, top_db=None)`` transposed.
     """
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 2 or frames.shape[1] < 2:
         raise ValueError(f"frames must have shape (f, n_fft >= 2), got {frames.shape}")
-    frames = frames * _window(window, frames.shape[1])
-    spectrum = scipy.fft.rfft(frames, axis=1, workers=1)
-    power = spectrum.real * spectrum.real
-    power += spectrum.imag * spectrum.imag
+    spectrum = scipy.fft.rfft(frames * _window(window, frames.shape[1]), axis=1, workers=1)
+    if bins is not None:
+        spectrum = spectrum[:, bins]
+    parts = np.ascontiguousarray(spectrum).view(np.float32)  # interleaved real, imaginary
+    parts *= parts
+    power = parts[:, 0::2] + parts[:, 1::2]
     np.maximum(power, np.float32(amin), out=power)
     np.log10(power, out=power)
     power *= np.float32(10.0)

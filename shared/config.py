@@ -49,7 +49,7 @@ class FeaturizerConfig:
     window: str = "hann"
     amin: float = 1e-10
     clip_percentiles: tuple[float, float] = (1.0, 99.9)
-    percentile_frames: int = 4096
+    percentile_frames: int = 1024
     image_height: int = 299
     image_seconds: float = 1.5
     min_samples: int = 128

@@ -1,0 +1,75 @@
+"""Where the run executes: device choice, mixed precision and (optional) DDP process group.
+
+DDP is initialised only when ``WORLD_SIZE > 1`` (set by ``torchrun``); otherwise everything is a
+single process and these helpers are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Device and process-group facts of this process."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local CUDA device when present, else CPU; any other name is used as given."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def start(device: str = "auto") -> Runtime:
+    """Pick the device and, under ``torchrun`` with ``WORLD_SIZE > 1``, join the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Runtime(device=resolve_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = resolve_device(device, local_rank)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+    return Runtime(device=chosen, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def stop(runtime: Runtime) -> None:
+    """Leave the process group (if any)."""
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; fp32 (no autocast) on CPU."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
