@@ -76,14 +76,21 @@ def cpu_run(function, *args) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def dask_run(audio: Path, store: Path, workers: int) -> tuple[float, float]:
+def dask_run(audio: Path, store: Path, workers: int, *, dask_malloc: bool = False) -> tuple[float, float]:
+    """CPU seconds (all workers) and wall seconds on a LocalCluster of ``workers`` processes.
+
+    ``dask_malloc`` keeps dask's own MALLOC_TRIM_THRESHOLD_ in the workers (to show its cost).
+    """
     from distributed import Client, LocalCluster
 
-    from featurize.pipeline import featurize_store
+    from featurize.pipeline import featurize_store, local_client
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        client.run(lambda: None)
+    if dask_malloc:
+        client = Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+    else:
+        client = local_client(workers, dashboard_address=None)
+    with client.cluster, client:
+        client.run(lambda: __import__("featurize.pipeline") and __import__("scipy.signal"))  # steady state
         before = sum(client.run(time.process_time).values())
         wall = time.perf_counter()
         summary = featurize_store(audio, str(store), labels="none", client=client)
@@ -93,13 +100,17 @@ def dask_run(audio: Path, store: Path, workers: int) -> tuple[float, float]:
     return cpu, wall
 
 
+# VmHWM (peak resident set of this process image) rather than ru_maxrss, which a child
+# inherits from the parent that forked it
 LONG_FILE_PROBE = """
-import resource, sys
+import re, sys
 from featurize.pipeline import featurize_store
 import featurize.image, featurize.store, zarr, scipy.fft, soxr
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-featurize_store(sys.argv[1], sys.argv[2], labels="none")
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+before = peak()
+summary = featurize_store(sys.argv[1], sys.argv[2], labels="none")
+assert summary.done == 1, summary.failures
+print(peak() - before)
 """
 
 
@@ -147,6 +158,7 @@ def main() -> None:
         ours_cpu, ours_wall = cpu_run(lambda: featurize_store(audio, str(root / "serial.zarr"), labels="none"))
         one_cpu, one_wall = dask_run(audio, root / "dask1.zarr", 1)
         two_cpu, two_wall = dask_run(audio, root / "dask2.zarr", 2)
+        trim_cpu, trim_wall = dask_run(audio, root / "dask-trim.zarr", 1, dask_malloc=True)
         peak, signal_mb, spectrogram_mb, image_mb = long_file_memory(root, args.long_minutes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -159,7 +171,8 @@ def main() -> None:
     for name, cpu, wall in (("reference (librosa + zoom + zarr), serial", ref_cpu, ref_wall),
                             ("soundception, serial", ours_cpu, ours_wall),
                             ("soundception, dask 1 worker", one_cpu, one_wall),
-                            ("soundception, dask 2 workers", two_cpu, two_wall)):
+                            ("soundception, dask 2 workers", two_cpu, two_wall),
+                            ("soundception, dask 1 worker, dask's MALLOC_TRIM_THRESHOLD_", trim_cpu, trim_wall)):
         print(f"| {name} | {cpu:.2f} | {wall:.2f} | {seconds / cpu:.0f} | {seconds / cpu / ref_rate:.1f}x |")
     print(f"\nscaling 1 -> 2 workers (wall): {one_wall / two_wall:.2f}x (ideal 2.00x)")
     print(f"long recording, {args.long_minutes:g} min, fresh process: peak RSS growth {peak:.0f} MB "

@@ -34,15 +34,37 @@ def _resampler(source_rate: float, target_rate: int):
     return soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32", quality="HQ")
 
 
+class _Collector:
+    """Appends decoded blocks into one preallocated buffer (sized from the header), so a long
+    recording costs one copy of its signal instead of a list of blocks plus their concatenation."""
+
+    def __init__(self, expected: int) -> None:
+        self.buffer = np.empty(max(expected, 0), dtype=np.float32)
+        self.size = 0
+        self.overflow: list[np.ndarray] = []
+
+    def add(self, block: np.ndarray) -> None:
+        room = self.buffer.size - self.size
+        if block.size <= room and not self.overflow:
+            self.buffer[self.size : self.size + block.size] = block
+            self.size += block.size
+        else:  # the header under-stated the length: keep going in pieces
+            self.overflow.append(block.copy())
+
+    def result(self) -> np.ndarray:
+        head = self.buffer[: self.size]
+        return np.concatenate([head, *self.overflow]) if self.overflow else head
+
+
 def _decode_soundfile(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
     import soundfile
 
-    pieces: list[np.ndarray] = []
     with soundfile.SoundFile(str(path)) as audio:
         source_rate = audio.samplerate
         if source_rate <= 0:
             raise DecodeError(f"invalid sample rate {source_rate}")
         resampler = _resampler(source_rate, sample_rate)
+        collector = _Collector(math.ceil(max(audio.frames, 0) * sample_rate / source_rate) + 64)
         n_source = 0
         while True:
             block = audio.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
@@ -50,11 +72,10 @@ def _decode_soundfile(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
                 break
             n_source += block.shape[0]
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-            pieces.append(resampler.resample_chunk(mono) if resampler else mono.copy())
+            collector.add(resampler.resample_chunk(mono) if resampler else mono)
         if resampler is not None:
-            pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return samples, n_source / source_rate
+            collector.add(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    return collector.result(), n_source / source_rate
 
 
 def _decode_audioread(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -41,16 +40,19 @@ def _storage_options(text: str | None) -> dict | None:
               help="Low and high percentile of each log-spectrogram kept before scaling to 0..255.")
 @click.option("--time-chunk", type=int, default=1024, show_default=True,
               help="Image columns per Zarr chunk (new stores only).")
+@click.option("--zstd-level", type=click.IntRange(0, 22), default=0, show_default=True,
+              help="Compress image chunks with zstd at this level; 0 stores them raw (new stores only).")
 @click.option("--storage-options", default=None, help="fsspec options as JSON, e.g. an S3 endpoint.")
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
                       workers: int | None, serial: bool, retry_failed: bool, min_duration: float, hop_length: int,
-                      clip_percentiles: tuple[float, float], time_chunk: int, storage_options: str | None) -> None:
+                      clip_percentiles: tuple[float, float], time_chunk: int, zstd_level: int,
+                      storage_options: str | None) -> None:
     """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
     import logging
 
     from tqdm import tqdm
 
-    from featurize.pipeline import featurize_store
+    from featurize.pipeline import featurize_store, local_client
     from featurize.store import StoreMismatch
 
     handler = logging.StreamHandler()
@@ -62,16 +64,14 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
                                   clip_percentiles=clip_percentiles)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    client = cluster = None
+    client = None
     if not serial:
-        from distributed import Client, LocalCluster
-
         if scheduler:
+            from distributed import Client
+
             client = Client(scheduler)
         else:
-            cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                   processes=True, dashboard_address=":0")
-            client = Client(cluster)
+            client = local_client(workers)
         click.echo(f"dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} workers)")
     bar = tqdm(unit="file", desc="featurize", file=sys.stderr)
 
@@ -82,15 +82,17 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
         summary = featurize_store(audio_dir, store, config=config, metadata=metadata, labels=labels,
                                   client=client, retry_failed=retry_failed,
                                   storage_options=_storage_options(storage_options), time_chunk=time_chunk,
+                                  zstd_level=zstd_level,
                                   progress=progress)
     except (StoreMismatch, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     finally:
         bar.close()
         if client is not None:
+            cluster = client.cluster
             client.close()
-        if cluster is not None:
-            cluster.close()
+            if cluster is not None and not scheduler:
+                cluster.close()
     for line in summary.lines():
         click.echo(line)
 

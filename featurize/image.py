@@ -73,7 +73,10 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, bins: int | None =
     elif spectrogram.shape[1] != used.size:
         raise ValueError(f"expected the {used.size} used bins of {bins}, got {spectrogram.shape[1]}")
     out = spectrogram[:, low]
-    out += (spectrogram[:, high] - out) * weight
+    upper = spectrogram[:, high]
+    upper -= out
+    upper *= weight
+    out += upper
     return out
 
 
@@ -95,7 +98,10 @@ def resize_time(spectrogram: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """
     low, high, weight = _linear_weights(np.asarray(positions, dtype=np.float64), spectrogram.shape[0])
     out = spectrogram[low]
-    out += (spectrogram[high] - out) * weight[:, None]
+    upper = spectrogram[high]
+    upper -= out
+    upper *= weight[:, None]
+    out += upper
     return out
 
 
@@ -109,10 +115,10 @@ def to_uint8(values: np.ndarray, *, low: float, high: float) -> np.ndarray:
     """Clip to ``[low, high]`` and map linearly onto 0..255 (rounded). All zeros if ``high <= low``."""
     if not high > low:
         return np.zeros(np.shape(values), dtype=np.uint8)
-    scaled = np.clip(values, low, high)
-    scaled -= np.float32(low)
-    scaled *= np.float32(255.0 / (high - low))
-    scaled += np.float32(0.5)
+    scale = np.float32(255.0 / (high - low))
+    scaled = np.clip(values, np.float32(low), np.float32(high))
+    scaled *= scale
+    scaled += np.float32(0.5) - np.float32(low) * scale  # + 0.5: round half up on the cast
     return scaled.astype(np.uint8)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
                 f"too short: {samples.size} samples at {config.sample_rate} Hz "
                 f"(< {config.min_samples}, the shortest accepted clip)"
             )
-        signal, repeats = self_concatenate(samples, min_samples=math.ceil(config.min_duration * config.sample_rate))
+        signal, _ = self_concatenate(samples, min_samples=math.ceil(config.min_duration * config.sample_rate))
         del samples
         image = MultiscaleImage.plan(signal, config)
         store_io.write_image(store_url, index, image.width, image.blocks, storage_options=storage_options)
@@ -60,12 +61,12 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
         return {"status": "resize", "width": error.width}
     except MemoryError:
         return {"status": schema.FAILED, "error": "out of memory while featurizing"}
+    except DecodeError as error:
+        return {"status": schema.FAILED, "error": _one_line(error)}
     except Exception as error:  # one bad file must not stop the run
-        return {"status": schema.FAILED, "error": f"{type(error).__name__}: {_one_line(error)}"
-                if not isinstance(error, DecodeError) else _one_line(error)}
+        return {"status": schema.FAILED, "error": f"{type(error).__name__}: {_one_line(error)}"}
     warning = "silent recording: constant spectrogram, image is all zeros" if image.silent else ""
-    return {"status": schema.DONE, "duration": float(duration), "n_frames": int(image.width),
-            "warning": warning, "repeats": repeats}
+    return {"status": schema.DONE, "duration": float(duration), "n_frames": int(image.width), "warning": warning}
 
 
 def estimate_width(path: str, config: FeaturizerConfig) -> int:
@@ -108,6 +109,27 @@ class RunSummary:
         return out + self.notes
 
 
+def local_client(n_workers: int | None = None, *, dashboard_address: str | None = ":0") -> Any:
+    """A dask ``Client`` on a new ``LocalCluster``: one single-threaded worker process per core.
+
+    dask's nannies set ``MALLOC_TRIM_THRESHOLD_`` in workers, which makes glibc hand every
+    freed block of a few MB back to the kernel; the featurizer allocates such blocks for every
+    chunk, so workers would spend much of their time page-faulting. Our workers keep glibc's
+    default instead (measured in bench/featurize.py). The dashboard still shows tasks.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    # the worker's statistical profiler samples every thread's stack every 10 ms: off for speed
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                          "distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                               dashboard_address=dashboard_address)
+    return Client(cluster)
+
+
 def _executor_results(client: Any, jobs: list[tuple[int, str]], store_url: str, config: FeaturizerConfig,
                       storage_options: dict[str, Any] | None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(index, result)`` as results arrive: serially when ``client`` is None, else via dask."""
@@ -138,7 +160,7 @@ def _executor_results(client: Any, jobs: list[tuple[int, str]], store_url: str, 
 def featurize_store(audio_root: str | Path, store_url: str, *, config: FeaturizerConfig | None = None,
                     metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
-                    time_chunk: int = store_io.DEFAULT_TIME_CHUNK,
+                    time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
                     progress: Callable[[int], Any] | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
@@ -150,7 +172,8 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     started = time.perf_counter()
     labelling: Labelling = label_recordings(audio_root, metadata=metadata, source=labels)
     group = store_io.open_for_writing(store_url, config, storage_options=storage_options,
-                                      time_chunk=time_chunk, audio_root=str(Path(audio_root).resolve()))
+                                      time_chunk=time_chunk, zstd_level=zstd_level,
+                                      audio_root=str(Path(audio_root).resolve()))
     class_index = {c: i for i, c in enumerate(labelling.classes)}
     entries = [{"id": r.id, "path": r.id, "label": class_index.get(r.label, -1),
                 "background": schema.BACKGROUND_SEPARATOR.join(r.background)} for r in labelling.recordings]
@@ -195,8 +218,7 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                     too_wide.append((row, sources[row]))
                     needed = max(needed, result["width"])
                     continue
-                result.pop("repeats", None)
-                updates[row] = {k: v for k, v in result.items()}
+                updates[row] = dict(result)
                 if result["status"] == schema.DONE:
                     summary.done += 1
                     summary.audio_seconds += result["duration"]

@@ -96,10 +96,10 @@ def log_power(frames: np.ndarray, *, window: str = "hann", amin: float = 1e-10,
     spectrum = scipy.fft.rfft(frames * _window(window, frames.shape[1]), axis=1, workers=1)
     if bins is not None:
         spectrum = spectrum[:, bins]
-    parts = np.ascontiguousarray(spectrum).view(np.float32)  # interleaved real, imaginary
-    parts *= parts
-    power = parts[:, 0::2] + parts[:, 1::2]
-    np.maximum(power, np.float32(amin), out=power)
-    np.log10(power, out=power)
-    power *= np.float32(10.0)
-    return power
+    # 20 log10(max(|X|, sqrt(amin))) == 10 log10(max(|X|^2, amin)); np.abs on complex64 is the
+    # fastest route (measured: about half the time of squaring real and imaginary parts)
+    magnitude = np.abs(spectrum)
+    np.maximum(magnitude, np.float32(np.sqrt(amin)), out=magnitude)
+    np.log10(magnitude, out=magnitude)
+    magnitude *= np.float32(20.0)
+    return magnitude

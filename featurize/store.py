@@ -71,24 +71,34 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _compressors() -> list[Any]:
-    # Only codecs from the Zarr v3 spec (portable); crc32c makes a corrupted chunk fail on read.
-    return [ZstdCodec(level=1), Crc32cCodec()]  # level 1: 0.86 of raw, 3x faster than 3 (0.84)
+def _compressors(zstd_level: int = 0) -> list[Any]:
+    """Chunk codecs: optional zstd, then always a crc32c checksum (a corrupted chunk fails on read).
+
+    Only codecs from the Zarr v3 spec, so other v3 readers can read the store. Image chunks are
+    stored uncompressed by default: spectrogram images are noise-like and zstd level 1 only
+    shrinks them to about 0.86 of their size while making every training crop cost 2.4x the CPU
+    to read (bench/loader.py, README).
+    """
+    return ([ZstdCodec(level=zstd_level)] if zstd_level else []) + [Crc32cCodec()]
 
 
 def _vector(group: zarr.Group, name: str, dims: tuple[str, ...], dtype: str, fill: Any, chunk: int,
             attrs: dict[str, Any] | None = None) -> None:
     array = group.create_array(
         name, shape=(0,), chunks=(chunk,), dtype=str if dtype == "str" else dtype, fill_value=fill,
-        dimension_names=dims, compressors=_compressors(),
+        dimension_names=dims, compressors=_compressors(3),
     )
     if attrs:
         array.attrs.update(attrs)
 
 
 def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dict[str, Any] | None = None,
-                     time_chunk: int = DEFAULT_TIME_CHUNK, audio_root: str = "") -> zarr.Group:
+                     time_chunk: int = DEFAULT_TIME_CHUNK, zstd_level: int = 0,
+                     audio_root: str = "") -> zarr.Group:
     """Create the store, or reopen one written with the same config.
+
+    ``time_chunk`` (image columns per chunk) and ``zstd_level`` (0: no compression) apply to a
+    new store only; a reopened store keeps its own.
 
     Raises :class:`StoreMismatch` (one line, naming the differing fields) if the store exists
     with another config, so images made two ways never mix.
@@ -118,7 +128,7 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
     channels, height = len(config.fft_windows), config.image_height
     group.create_array(
         schema.IMAGE, shape=(0, channels, height, 0), chunks=(1, channels, height, time_chunk),
-        dtype="uint8", fill_value=0, dimension_names=schema.IMAGE_DIMS, compressors=_compressors(),
+        dtype="uint8", fill_value=0, dimension_names=schema.IMAGE_DIMS, compressors=_compressors(zstd_level),
     ).attrs.update({"long_name": "multiscale log-spectrogram image (R, G, B = FFT windows)",
                     "valid_width": "n_frames"})
     _vector(group, schema.FILE, (schema.FILE,), "str", "", PER_FILE_CHUNK)

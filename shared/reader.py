@@ -102,20 +102,24 @@ class FeatureStore:
         """Indices of files whose status is ``done``, shape ``(n_done,)``."""
         return np.flatnonzero(self.table["status"] == schema.DONE)
 
-    def background_indices(self, index: int) -> list[int]:
-        """Class indices of file ``index``'s background species that are in the class list.
+    @cached_property
+    def background(self) -> list[list[int]]:
+        """Per file, the class indices of its background species that are in the class list.
 
         Entries match a class id or a class name (case-insensitive); unknown species are dropped.
+        The lookup is built once, so this stays fast for tens of thousands of files.
         """
-        text = str(self.table["background"][index])
         lookup = {c.lower(): i for i, c in enumerate(self.classes)}
         lookup.update({n.lower(): i for i, n in enumerate(self.class_names) if n})
-        found = []
-        for item in text.split(schema.BACKGROUND_SEPARATOR):
-            key = item.strip().lower()
-            if key and key in lookup and lookup[key] not in found:
-                found.append(lookup[key])
+        found: list[list[int]] = []
+        for text in self.table["background"]:
+            items = (lookup.get(item.strip().lower()) for item in str(text).split(schema.BACKGROUND_SEPARATOR))
+            found.append(list(dict.fromkeys(i for i in items if i is not None)))
         return found
+
+    def background_indices(self, index: int) -> list[int]:
+        """Class indices of file ``index``'s background species (see :attr:`background`)."""
+        return self.background[index]
 
     def image(self, index: int) -> np.ndarray:
         """File ``index``'s whole image trimmed to its valid width: uint8 ``(channel, freq, n_frames)``."""

@@ -243,6 +243,10 @@ def test_checksum_codec_and_chunking_are_as_documented(small_corpus, tmp_path):
     featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=512)
     image = zarr.open_group(url, mode="r")["image"]
     assert image.chunks == (1, 3, 299, 512)
-    names = [type(codec).__name__ for codec in image.compressors]
-    assert names == ["ZstdCodec", "Crc32cCodec"]
+    assert [type(codec).__name__ for codec in image.compressors] == ["Crc32cCodec"]
     assert os.path.isdir(os.path.join(url, "image", "c"))
+    packed = str(tmp_path / "zstd.zarr")
+    featurize_store(small_corpus, packed, config=SMALL, labels="folders", time_chunk=512, zstd_level=3)
+    image = zarr.open_group(packed, mode="r")["image"]
+    assert [type(codec).__name__ for codec in image.compressors] == ["ZstdCodec", "Crc32cCodec"]
+    assert np.array_equal(FeatureStore(packed).image(1), FeatureStore(url).image(1))

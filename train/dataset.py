@@ -156,9 +156,10 @@ class WindowDataset(Dataset):
         n_classes = len(store.classes)
         labels = store.table["label"]
         self.targets = np.zeros((store.n_files, n_classes), dtype=np.float32)
+        background = store.background
         for index in np.flatnonzero(labels >= 0):
             self.targets[index, labels[index]] = 1.0
-            self.targets[index, store.background_indices(int(index))] = 1.0
+            self.targets[index, background[index]] = 1.0
 
     def __len__(self) -> int:
         return self.store.n_files

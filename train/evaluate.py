@@ -89,7 +89,8 @@ def evaluate_model(model: torch.nn.Module, store: FeatureStore, indices: list[in
     indices = [int(i) for i in indices]
     probabilities = predict_files(model, store, indices, crop_width=crop_width, device=device, batch_size=batch_size)
     labels = store.table["label"][indices].astype(np.int64)
-    background = [store.background_indices(i) for i in indices]
+    every = store.background
+    background = [every[i] for i in indices]
     return metrics.report(probabilities, labels, background)
 
 

@@ -72,11 +72,13 @@ def _drop_records_from(path: Path, step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
+          stop_at: int | None = None) -> dict[str, Any]:
     """Train per ``config``; returns ``{"step", "loss", "validation", "run_dir", "checkpoint"}``.
 
     With ``resume`` the run continues from ``config.out/checkpoints/last.pt``; without it an
-    existing checkpoint there is an error (nothing is overwritten by accident).
+    existing checkpoint there is an error (nothing is overwritten by accident). ``stop_at`` ends
+    this invocation after that global step with a checkpoint (a time-limited job; resume later).
     """
     runtime = rt.start(config.device)
     device = runtime.device
@@ -110,7 +112,10 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         (run_dir / "split.json").write_text(json.dumps(split.to_dict(), indent=1) + "\n")
         if payload is not None:
             _drop_records_from(metrics_path, int(payload["step"]))
+        else:
+            metrics_path.write_text("")  # a fresh run: no records of an earlier, checkpoint-less attempt
 
+    torch.manual_seed(derived_seed(config.seed, 0, 0, 0))  # initial weights of the heads
     model = build_model(config, len(classes))
     if config.pretrained and payload is None:
         report = load_backbone_weights(model.backbone, config.backbone, config.pretrained)
@@ -144,7 +149,8 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         return result
 
     path = None
-    while step < config.total_steps:
+    stop_step = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+    while step < stop_step:
         stage_number, stage, stage_start = config.stage_at(step)
         stage_end = stage_start + stage.steps
         set_stage_mode(model, stage.train_backbone)
@@ -175,7 +181,7 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         bar = tqdm(total=stage_end - step, desc=f"stage {stage_number}", disable=not (progress and runtime.is_main),
                    dynamic_ncols=True)
         window_start, window_samples = time.perf_counter(), 0
-        while step < stage_end:
+        while step < min(stage_end, stop_step):
             torch.manual_seed(derived_seed(config.seed, step, runtime.rank, 1))  # dropout of this step
             optimizer.zero_grad(set_to_none=True)
             parts: dict[str, float] = {"loss_main": 0.0, "loss_aux": 0.0}
@@ -220,11 +226,14 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
                 if last_eval:
                     bar.write(f"step {step}: validation MAP {last_eval['map']:.3f}, top-1 {last_eval['top1']:.3f}")
                 set_stage_mode(model, stage.train_backbone)
-            if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 or step == config.total_steps:
+            if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 or step == stop_step:
                 path = checkpoint(stage_number, optimizer, scheduler)
         bar.close()
         del batches, loader
         payload = None
+    if step < config.total_steps:  # stopped early on request: no final evaluation
+        rt.stop(runtime)
+        return {"step": step, "loss": last_loss, "validation": {}, "run_dir": str(run_dir), "checkpoint": str(path)}
     last_eval = validate()
     if runtime.is_main:
         if last_eval:
