@@ -79,7 +79,7 @@ def time_backbone(name: str, *, batch: int, steps: int, height: int, width: int,
 
 
 @click.command()
-@click.option("--backbones", default="mobilenetv3_small_100,resnet18", show_default=True)
+@click.option("--backbones", default="mobilenetv3_small_100,inception_v4", show_default=True)
 @click.option("--batch", default=2, show_default=True)
 @click.option("--steps", default=3, show_default=True)
 @click.option("--height", default=299, show_default=True, help="px (the default featurizer scale).")

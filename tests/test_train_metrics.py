@@ -58,6 +58,14 @@ def test_map_over_queries_and_with_background():
     assert result["top5"] == 1.0
     # class 0: recordings ranked by column 0: r0(rel) r1 r2(rel) -> (1 + 2/3) / 2; class 1: r1 at rank 1 of 3
     assert result["class_map"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 1) / 2)
+    assert result["chance_map"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_chance_map_is_the_mean_map_of_random_rankings():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, size=4000)
+    result = metrics.report(rng.random((4000, 5)), labels)
+    assert result["map"] == pytest.approx(result["chance_map"], abs=0.02)
 
 
 def test_top_k_ties_pessimistic():

@@ -238,7 +238,8 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
     if runtime.is_main:
         if last_eval:
             print(f"final validation: MAP {last_eval['map']:.3f} (with background {last_eval['map_background']:.3f}), "
-                  f"top-1 {last_eval['top1']:.3f}, top-5 {last_eval['top5']:.3f}, class mAP {last_eval['class_map']:.3f}")
+                  f"top-1 {last_eval['top1']:.3f}, top-5 {last_eval['top5']:.3f}, class mAP {last_eval['class_map']:.3f}; "
+                  f"a random ranking scores MAP {last_eval['chance_map']:.3f}")
         plot_curves(metrics_path, run_dir / "curves.png")
     rt.barrier(runtime)
     rt.stop(runtime)

@@ -118,7 +118,8 @@ def report(probabilities: np.ndarray, labels: np.ndarray, background: list[list[
     """All evaluation metrics for ``(n_recordings, n_classes)`` probabilities and main labels ``(n,)``.
 
     Keys: ``map`` (main species relevant), ``map_background`` (background species relevant too),
-    ``top1``, ``top5``, ``class_map``, ``n_recordings``.
+    ``top1``, ``top5``, ``class_map``, ``n_recordings``, and ``chance_map``: the expected MAP of a
+    uniformly random ranking, ``mean(1 / rank)`` over ranks 1..n_classes, to read ``map`` against.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     n_classes = probabilities.shape[1]
@@ -131,4 +132,5 @@ def report(probabilities: np.ndarray, labels: np.ndarray, background: list[list[
         "top5": top_k_accuracy(probabilities, labels, 5),
         "class_map": class_wise_map(probabilities, main),
         "n_recordings": int(probabilities.shape[0]),
+        "chance_map": float(np.mean(1.0 / np.arange(1, n_classes + 1))),
     }
