@@ -42,3 +42,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="soundception")
 def main() -> None:
     """Soundception: bird recordings -> multiscale spectrogram store -> attention Inception-v4."""
+
+
+if __name__ == "__main__":  # torchrun -m shared.cli train ...
+    main()
