@@ -65,3 +65,18 @@ def test_cli_featurize_inspect_failed_and_png(small_corpus, tmp_path):
     assert refused.exit_code != 0 and "min_duration: 4.0 -> 5.0" in refused.output
     missing = runner.invoke(main, ["inspect", str(tmp_path / "nope.zarr")])
     assert missing.exit_code != 0 and "not a readable Zarr feature store" in missing.output
+
+
+def test_cli_featurizes_on_an_existing_dask_scheduler(small_corpus, tmp_path):
+    from distributed import LocalCluster
+
+    from shared import FeatureStore
+
+    store = str(tmp_path / "remote.zarr")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", store, "--labels", "folders",
+                                           "--scheduler", cluster.scheduler_address, "--min-duration", "4"])
+        assert result.exit_code == 0, result.output
+        assert "(2 workers)" in result.output and "featurized 4 of 4" in result.output
+        assert len(cluster.scheduler.workers) == 2  # the CLI left the cluster running
+    assert set(FeatureStore(store).table["status"]) == {"done"}
