@@ -190,7 +190,6 @@ def register_files(group: zarr.Group, entries: Sequence[dict[str, Any]]) -> dict
         array = group[name]
         array.resize((total,) + array.shape[1:])
     for name in ("path", "label", "background"):
-        dtype = group[name].dtype
         values = [entry[name] for entry in new]
         group[name][start:total] = np.array(values, dtype=object if name != "label" else "int32")
     group["status"][start:total] = np.array([schema.PENDING] * len(new), dtype=object)
