@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma")
-_BLOCK_FRAMES = 1 << 18  # source frames per decode block
+_BLOCK_FRAMES = 1 << 16  # source frames per decode block (what a corrupt block can cost)
 
 
 class DecodeError(RuntimeError):
     """A file could not be decoded into audio; the message is one line."""
+
+
+class Decoded(NamedTuple):
+    """A decoded recording: mono float32 ``samples`` ``(n,)`` at the target rate, the source's
+    ``duration`` in seconds as decoded, and a one-line ``warning`` ("" when all went well)."""
+
+    samples: np.ndarray
+    duration: float
+    warning: str = ""
 
 
 def _one_line(error: BaseException) -> str:
@@ -56,9 +66,10 @@ class _Collector:
         return np.concatenate([head, *self.overflow]) if self.overflow else head
 
 
-def _decode_soundfile(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
+def _decode_soundfile(path: Path, sample_rate: int) -> Decoded:
     import soundfile
 
+    warning = ""
     with soundfile.SoundFile(str(path)) as audio:
         source_rate = audio.samplerate
         if source_rate <= 0:
@@ -67,7 +78,13 @@ def _decode_soundfile(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
         collector = _Collector(math.ceil(max(audio.frames, 0) * sample_rate / source_rate) + 64)
         n_source = 0
         while True:
-            block = audio.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            try:
+                block = audio.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except Exception as error:  # corrupt or truncated stream: keep what decoded cleanly
+                if n_source == 0:
+                    raise
+                warning = f"truncated or corrupt after {n_source / source_rate:.1f} s ({_one_line(error)}); kept that part"
+                break
             if block.shape[0] == 0:
                 break
             n_source += block.shape[0]
@@ -75,10 +92,10 @@ def _decode_soundfile(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
             collector.add(resampler.resample_chunk(mono) if resampler else mono)
         if resampler is not None:
             collector.add(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    return collector.result(), n_source / source_rate
+    return Decoded(collector.result(), n_source / source_rate, warning)
 
 
-def _decode_audioread(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
+def _decode_audioread(path: Path, sample_rate: int) -> Decoded:
     import audioread
 
     with audioread.audio_open(str(path)) as audio:
@@ -98,15 +115,16 @@ def _decode_audioread(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
         if resampler is not None:
             pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return samples, n_source / source_rate
+    return Decoded(samples, n_source / source_rate)
 
 
-def decode(path: str | Path, *, sample_rate: int) -> tuple[np.ndarray, float]:
+def decode(path: str | Path, *, sample_rate: int) -> Decoded:
     """Decode an audio file to mono float32 at ``sample_rate`` Hz.
 
-    Channels are averaged. Returns ``(samples, duration)``: samples shape ``(n,)``, duration in
-    seconds of the source as decoded. Raises :class:`DecodeError` with a one-line reason when
-    neither soundfile nor audioread can read the file, or it holds no samples.
+    Channels are averaged. A stream that breaks after some audio decoded cleanly (a truncated
+    download, say) keeps that audio and says so in ``warning``. Raises :class:`DecodeError` with
+    a one-line reason when neither soundfile nor audioread can read the file, or it holds no
+    samples.
     """
     path = Path(path)
     if not path.is_file():
@@ -114,19 +132,19 @@ def decode(path: str | Path, *, sample_rate: int) -> tuple[np.ndarray, float]:
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
     try:
-        samples, duration = _decode_soundfile(path, sample_rate)
+        decoded = _decode_soundfile(path, sample_rate)
     except Exception as first:  # libsndfile could not read it: try the system decoders
         try:
-            samples, duration = _decode_audioread(path, sample_rate)
+            decoded = _decode_audioread(path, sample_rate)
         except Exception as second:
             raise DecodeError(
                 f"cannot decode audio: soundfile: {_one_line(first)}; audioread: {_one_line(second)}"
             ) from None
-    if samples.size == 0:
+    if decoded.samples.size == 0:
         raise DecodeError("no audio samples (0 frames)")
-    if not np.all(np.isfinite(samples)):
-        samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
-    return samples, duration
+    if not np.all(np.isfinite(decoded.samples)):
+        decoded = decoded._replace(samples=np.nan_to_num(decoded.samples, nan=0.0, posinf=0.0, neginf=0.0))
+    return decoded
 
 
 def self_concatenate(samples: np.ndarray, *, min_samples: int) -> tuple[np.ndarray, int]:

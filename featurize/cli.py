@@ -33,6 +33,7 @@ def _storage_options(text: str | None) -> dict | None:
 @click.option("--workers", type=int, default=None, help="Local cluster worker processes [default: CPU cores].")
 @click.option("--serial", is_flag=True, help="No dask: featurize in this process (debugging).")
 @click.option("--retry-failed", is_flag=True, help="Featurize files that failed in an earlier run again.")
+@click.option("--new-audio-root", is_flag=True, help="The store's recordings moved to AUDIO_DIR: accept the new path.")
 @click.option("--min-duration", type=float, default=_DEFAULT.min_duration, show_default=True,
               help="Seconds; shorter clips are self-concatenated.")
 @click.option("--hop-length", type=int, default=_DEFAULT.hop_length, show_default=True, help="STFT hop, samples.")
@@ -44,7 +45,7 @@ def _storage_options(text: str | None) -> dict | None:
               help="Compress image chunks with zstd at this level; 0 stores them raw (new stores only).")
 @click.option("--storage-options", default=None, help="fsspec options as JSON, e.g. an S3 endpoint.")
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
-                      workers: int | None, serial: bool, retry_failed: bool, min_duration: float, hop_length: int,
+                      workers: int | None, serial: bool, retry_failed: bool, new_audio_root: bool, min_duration: float, hop_length: int,
                       clip_percentiles: tuple[float, float], time_chunk: int, zstd_level: int,
                       storage_options: str | None) -> None:
     """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
@@ -80,7 +81,7 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
 
     try:
         summary = featurize_store(audio_dir, store, config=config, metadata=metadata, labels=labels,
-                                  client=client, retry_failed=retry_failed,
+                                  client=client, retry_failed=retry_failed, new_audio_root=new_audio_root,
                                   storage_options=_storage_options(storage_options), time_chunk=time_chunk,
                                   zstd_level=zstd_level,
                                   progress=progress)

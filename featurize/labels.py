@@ -61,13 +61,15 @@ def _text(node: ElementTree.Element, tag: str) -> str:
     return (child.text or "").strip() if child is not None and child.text else ""
 
 
-def read_birdclef_xml(paths: list[Path]) -> tuple[dict[str, dict[str, object]], list[str]]:
+def read_birdclef_xml(paths: list[Path]) -> tuple[dict[str, dict[str, object]], dict[str, str], list[str]]:
     """Parse BirdCLEF 2017 per-recording XML files (root ``<Audio>``).
 
-    Returns ``({file_name: {"label", "name", "background"}}, notes)``; the key is ``FileName``
-    (a base name). Unreadable XML files become notes, not exceptions.
+    Returns ``({file_name: {"label", "name", "background"}}, conflicts, notes)``; the key is
+    ``FileName`` (a base name); ``conflicts[file_name]`` names files given two different
+    ClassIds. Unreadable XML files become notes, not exceptions.
     """
     found: dict[str, dict[str, object]] = {}
+    conflicts: dict[str, str] = {}
     notes: list[str] = []
     for path in paths:
         try:
@@ -87,10 +89,10 @@ def read_birdclef_xml(paths: list[Path]) -> tuple[dict[str, dict[str, object]], 
         )
         entry = {"label": class_id, "name": name or class_id, "background": background}
         if file_name in found and found[file_name]["label"] != class_id:
-            notes.append(f"conflicting XML labels for {file_name}: kept {found[file_name]['label']}, ignored {class_id}")
+            conflicts[file_name] = f"conflicting labels in XML metadata: {found[file_name]['label']!r} and {class_id!r}"
             continue
         found[file_name] = entry
-    return found, notes
+    return found, conflicts, notes
 
 
 def read_csv(path: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], dict[str, str], list[str]]:
@@ -103,7 +105,10 @@ def read_csv(path: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], dict[s
     conflicts: dict[str, str] = {}
     notes: list[str] = []
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        for line_number, row in enumerate(csv.reader(handle), start=1):
+        first = handle.readline()
+        handle.seek(0)
+        delimiter = "\t" if "\t" in first and "," not in first else ","  # a .tsv works too
+        for line_number, row in enumerate(csv.reader(handle, delimiter=delimiter), start=1):
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
             if line_number == 1 and row[0].strip().lower() == "path":
@@ -123,9 +128,9 @@ def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = No
     """List the recordings under ``audio_root`` with labels from ``source``.
 
     ``source``: ``xml`` (BirdCLEF XML files in ``metadata`` or, by default, under the audio
-    root), ``csv`` (the ``metadata`` file), ``folders`` (first folder below the root is the
-    class), ``none``, or ``auto`` (csv if ``metadata`` is a .csv file; xml if ``metadata`` is a
-    folder or XML files sit under the root; otherwise none). Unlabelled files get label ``""``;
+    root), ``csv`` (the ``metadata`` file, comma- or tab-separated), ``folders`` (first folder
+    below the root is the class), ``none``, or ``auto`` (csv if ``metadata`` is a file other than
+    .xml; xml if ``metadata`` is a folder or .xml file, or XML files sit under the root; else none). Unlabelled files get label ``""``;
     metadata rows whose audio is missing become failed entries.
     """
     if source not in LABEL_SOURCES:
@@ -136,7 +141,7 @@ def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = No
     if metadata_path is not None and not metadata_path.exists():
         raise FileNotFoundError(f"metadata not found: {metadata_path}")
     if source == "auto":
-        if metadata_path is not None and metadata_path.is_file() and metadata_path.suffix.lower() == ".csv":
+        if metadata_path is not None and metadata_path.is_file() and metadata_path.suffix.lower() != ".xml":
             source = "csv"
         elif metadata_path is not None or any(root.rglob("*.xml")):
             source = "xml"
@@ -153,7 +158,7 @@ def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = No
     if source == "xml":
         xml_root = metadata_path if metadata_path is not None else root
         xml_files = [xml_root] if xml_root.is_file() else sorted(xml_root.rglob("*.xml"))
-        parsed, notes = read_birdclef_xml(xml_files)
+        parsed, conflicts, notes = read_birdclef_xml(xml_files)
         by_name: dict[str, list[str]] = {}
         for rel in relative:
             by_name.setdefault(Path(rel).name, []).append(rel)
@@ -164,6 +169,8 @@ def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = No
                 continue
             for rel in matches:
                 labels[rel] = (str(entry["label"]), tuple(entry["background"]))  # type: ignore[arg-type]
+                if file_name in conflicts:
+                    problems[rel] = conflicts[file_name]
             if entry["label"]:
                 names[str(entry["label"])] = str(entry["name"])
     elif source == "csv":

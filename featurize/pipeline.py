@@ -47,7 +47,7 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
     """
     config = FeaturizerConfig.from_dict(config_dict)
     try:
-        samples, duration = decode(source, sample_rate=config.sample_rate)
+        samples, duration, warning = decode(source, sample_rate=config.sample_rate)
         if samples.size < config.min_samples:
             raise DecodeError(
                 f"too short: {samples.size} samples at {config.sample_rate} Hz "
@@ -65,7 +65,8 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
         return {"status": schema.FAILED, "error": _one_line(error)}
     except Exception as error:  # one bad file must not stop the run
         return {"status": schema.FAILED, "error": f"{type(error).__name__}: {_one_line(error)}"}
-    warning = "silent recording: constant spectrogram, image is all zeros" if image.silent else ""
+    if image.silent:
+        warning = "; ".join(filter(None, [warning, "silent recording: constant spectrogram, image is all zeros"]))
     return {"status": schema.DONE, "duration": float(duration), "n_frames": int(image.width), "warning": warning}
 
 
@@ -103,7 +104,8 @@ class RunSummary:
         out = [f"featurized {self.done} of {self.submitted} file(s) in {self.seconds:.1f} s "
                f"({self.audio_seconds / 3600:.2f} h of audio); {self.skipped} already done, skipped"]
         if self.warnings:
-            out.append(f"{self.warnings} file(s) done with a warning (silent audio)")
+            out.append(f"{self.warnings} file(s) done with a warning (silent or truncated audio); "
+                       f"see the store's warning variable")
         if self.failed:
             out.append(f"{self.failed} file(s) failed; list them with: soundception inspect {self.store} --failed")
         return out + self.notes
@@ -161,27 +163,45 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                     metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
                     time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
+                    new_audio_root: bool = False,
                     progress: Callable[[int], Any] | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
     Files already ``done`` are skipped; ``failed`` ones are retried only with ``retry_failed``;
-    ``pending`` ones (new, or interrupted) are (re)done. ``client`` is a dask ``Client`` or
+    ``pending`` ones (new, or interrupted) are (re)done. A store holds recordings of one audio
+    folder (refused otherwise, unless ``new_audio_root`` says the same files moved); its class
+    list only grows, so labels already stored keep their meaning. ``client`` is a dask ``Client`` or
     None for the serial path. ``progress(n)`` is called with the number of files finished.
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
     labelling: Labelling = label_recordings(audio_root, metadata=metadata, source=labels)
+    root = str(Path(audio_root).resolve())
     group = store_io.open_for_writing(store_url, config, storage_options=storage_options,
-                                      time_chunk=time_chunk, zstd_level=zstd_level,
-                                      audio_root=str(Path(audio_root).resolve()))
-    class_index = {c: i for i, c in enumerate(labelling.classes)}
+                                      time_chunk=time_chunk, zstd_level=zstd_level, audio_root=root)
+    stored_root = dict(group.attrs).get("audio_root", "")
+    if stored_root and stored_root != root:
+        if not new_audio_root:
+            raise store_io.StoreMismatch(
+                f"{store_url} holds recordings from {stored_root}, this run reads {root}; file ids are paths "
+                "relative to that folder, so use a new --store (or --new-audio-root if the same files moved)")
+        group.attrs["audio_root"] = root
+    # the class list only grows: classes already stored keep their index, new ones are appended
+    classes, names = store_io.stored_classes(group)
+    known = dict(zip(classes, names))
+    for class_id, name in zip(labelling.classes, labelling.class_names):
+        if class_id not in known:
+            classes.append(class_id)
+        known[class_id] = name
+    store_io.set_classes(group, classes, [known[c] for c in classes])
+    class_index = {c: i for i, c in enumerate(classes)}
     entries = [{"id": r.id, "path": r.id, "label": class_index.get(r.label, -1),
                 "background": schema.BACKGROUND_SEPARATOR.join(r.background)} for r in labelling.recordings]
     index = store_io.register_files(group, entries)
-    store_io.set_classes(group, labelling.classes, labelling.class_names)
-    # labels may have changed since the last run (they do not change images): rewrite them all
+    # labels do not change images: files this run labels get their (possibly corrected) label;
+    # files it does not label keep what the store has
     store_io.write_fields(group, {index[e["id"]]: {"label": e["label"], "background": e["background"]}
-                                  for e in entries})
+                                  for e, r in zip(entries, labelling.recordings) if r.label})
 
     summary = RunSummary(store=store_url, notes=list(labelling.notes))
     status = schema.as_strings(group["status"][...])

@@ -84,7 +84,8 @@ def render_png(store: FeatureStore, file_id: str, out: str | Path) -> Path:
     image = store.image(index)
     seconds = image.shape[2] / store.config.pixels_per_second
     nyquist = store.config.sample_rate / 2
-    extent = (0.0, seconds, 0.0, nyquist / 1000)  # row 0 is the top (Nyquist)
+    half_row = nyquist / (store.config.image_height - 1) / 2  # rows are centred on their frequency
+    extent = (0.0, seconds, -half_row, nyquist + half_row)  # row 0 is the top (Nyquist)
     names = list(store.config.channel_names)
     figure, axes = plt.subplots(1 + len(names), 1, figsize=(min(24, 4 + seconds / 3), 3 * (1 + len(names))),
                                 sharex=True, squeeze=False)
@@ -97,7 +98,7 @@ def render_png(store: FeatureStore, file_id: str, out: str | Path) -> Path:
         axis.imshow(channel, aspect="auto", extent=extent, cmap="magma", vmin=0, vmax=255)
         axis.set_title(name)
     for axis in axes:
-        axis.set_ylabel("frequency (kHz)")
+        axis.set_ylabel("frequency (Hz)")
     axes[-1].set_xlabel("time (s)")
     figure.tight_layout()
     out = Path(out)

@@ -19,6 +19,7 @@ import importlib.metadata
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,9 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
         group = zarr.open_group(url, mode="r+", use_consolidated=False, **kwargs)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         group = None
+        if not _is_empty_location(url, storage_options):
+            raise StoreMismatch(f"{url} exists, is not empty and is not a Zarr store; choose another --store "
+                                "(nothing there was touched)") from None
     if group is not None and len(list(group.keys())) + len(dict(group.attrs)) > 0:
         attrs = dict(group.attrs)
         if "featurizer_config" not in attrs:
@@ -124,7 +128,7 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
         return group
     if time_chunk <= 0:
         raise ValueError("time_chunk must be positive")
-    group = zarr.open_group(url, mode="w", zarr_format=3, **kwargs)
+    group = zarr.open_group(url, mode="w-", zarr_format=3, **kwargs)  # "w-": never delete anything
     channels, height = len(config.fft_windows), config.image_height
     group.create_array(
         schema.IMAGE, shape=(0, channels, height, 0), chunks=(1, channels, height, time_chunk),
@@ -159,16 +163,41 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
     return group
 
 
-def _repair_lengths(group: zarr.Group) -> None:
-    """After a crash while files were being registered, trim per-file arrays to the ``file`` length.
+def _is_empty_location(url: str, storage_options: dict[str, Any] | None) -> bool:
+    """True when nothing exists at ``url`` (or it is an empty folder / prefix)."""
+    if "://" not in url:
+        path = Path(url)
+        return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    import fsspec
 
-    The ``file`` coordinate is resized last when registering, so it is the truth.
+    filesystem, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return not filesystem.exists(path) or not filesystem.ls(path)
+
+
+def _repair_lengths(group: zarr.Group) -> None:
+    """Undo what a crash in the middle of a driver-side change of shape left behind.
+
+    * registering files: the ``file`` coordinate is resized and filled last, so it is the truth;
+      trailing rows whose id was never written are dropped, other per-file arrays trimmed to it;
+    * growing the time axis: the ``time`` coordinate is made to match the image's time extent.
     """
-    n_files = group[schema.FILE].shape[0]
+    file_array = group[schema.FILE]
+    ids = schema.as_strings(file_array[...])
+    n_files = len(ids)
+    while n_files and not ids[n_files - 1]:
+        n_files -= 1
+    if n_files != file_array.shape[0]:
+        file_array.resize((n_files,))
     for name in (*schema.PER_FILE, schema.IMAGE):
         array = group[name]
         if array.shape[0] != n_files:
             array.resize((n_files,) + array.shape[1:])
+    extent, time = group[schema.IMAGE].shape[3], group[schema.TIME]
+    if time.shape[0] != extent:
+        config = FeaturizerConfig.from_dict(dict(group.attrs)["featurizer_config"])
+        time.resize((extent,))
+        if extent:
+            time[:] = schema.time_coordinate(extent, config)
 
 
 def file_ids(group: zarr.Group) -> list[str]:
@@ -200,6 +229,12 @@ def register_files(group: zarr.Group, entries: Sequence[dict[str, Any]]) -> dict
         index[entry["id"]] = start + offset
     consolidate(group)
     return index
+
+
+def stored_classes(group: zarr.Group) -> tuple[list[str], list[str]]:
+    """The store's class ids and names, in label order."""
+    return (schema.as_strings(group[schema.CLASS][...]).tolist(),
+            schema.as_strings(group["class_name"][...]).tolist())
 
 
 def set_classes(group: zarr.Group, classes: Sequence[str], names: Sequence[str]) -> None:

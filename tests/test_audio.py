@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SR, tone, write
+from conftest import SR, noise, tone, write
 
 from featurize.audio import DecodeError, decode
 
@@ -20,7 +20,7 @@ def peak_frequency(samples: np.ndarray, sample_rate: int) -> float:
 ])
 def test_codecs_decode_to_the_same_tone(tmp_path, extension, kwargs):
     path = write(tmp_path / f"a{extension}", tone(1234.0, 2.0, sample_rate=44100), 44100, **kwargs)
-    samples, duration = decode(path, sample_rate=SR)
+    samples, duration, _ = decode(path, sample_rate=SR)
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(samples.size / SR - 2.0) < 0.06  # lossy codecs pad a few ms
     assert abs(duration - 2.0) < 0.06
@@ -30,7 +30,7 @@ def test_codecs_decode_to_the_same_tone(tmp_path, extension, kwargs):
 @pytest.mark.parametrize("rate", [8000, 16000, 44100, 96000])
 def test_odd_sample_rates_resample_to_22050(tmp_path, rate):
     path = write(tmp_path / f"r{rate}.wav", tone(1000.0, 1.5, sample_rate=rate), rate)
-    samples, duration = decode(path, sample_rate=SR)
+    samples, duration, _ = decode(path, sample_rate=SR)
     assert samples.size == pytest.approx(1.5 * SR, abs=2)
     assert duration == pytest.approx(1.5)
     assert abs(peak_frequency(samples, SR) - 1000.0) < 2.0
@@ -40,13 +40,13 @@ def test_odd_sample_rates_resample_to_22050(tmp_path, rate):
 def test_multichannel_is_averaged_to_mono(tmp_path):
     left, right = tone(500.0, 1.0), tone(3000.0, 1.0)
     four = np.stack([left, right, np.zeros_like(left), np.zeros_like(left)], axis=1)
-    samples, _ = decode(write(tmp_path / "quad.wav", four, subtype="FLOAT"), sample_rate=SR)
+    samples, _, _ = decode(write(tmp_path / "quad.wav", four, subtype="FLOAT"), sample_rate=SR)
     np.testing.assert_allclose(samples, (left + right) / 4, atol=1e-6)
 
 
 def test_long_file_decodes_in_blocks_exactly(tmp_path):
     signal = tone(440.0, 30.0, sample_rate=44100)  # more than one 2**18-frame block
-    samples, _ = decode(write(tmp_path / "long.wav", signal, 44100, subtype="FLOAT"), sample_rate=44100)
+    samples, _, _ = decode(write(tmp_path / "long.wav", signal, 44100, subtype="FLOAT"), sample_rate=44100)
     np.testing.assert_array_equal(samples, signal)
 
 
@@ -75,19 +75,23 @@ def test_truncated_wav_keeps_what_is_there(tmp_path):
     path = write(tmp_path / "cut.wav", tone(1000.0, 2.0), subtype="PCM_16")
     data = path.read_bytes()
     path.write_bytes(data[: 44 + 2 * SR])  # header claims 2 s, 1 s of data remains
-    samples, _ = decode(path, sample_rate=SR)
+    samples, _, _ = decode(path, sample_rate=SR)
     assert samples.size == pytest.approx(SR, abs=1)
 
 
-def test_truncated_flac_is_decoded_or_fails_cleanly(tmp_path):
-    path = write(tmp_path / "cut.flac", tone(1000.0, 3.0) + 0.01)
-    path.write_bytes(path.read_bytes()[:3000])
-    try:
-        samples, _ = decode(path, sample_rate=SR)
-    except DecodeError as error:
-        assert "\n" not in str(error)
-    else:
-        assert 0 < samples.size < 3 * SR
+def test_truncated_flac_keeps_the_clean_part_with_a_warning(tmp_path):
+    path = write(tmp_path / "cut.flac", tone(1000.0, 10.0) + noise(10.0))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    samples, _, warning = decode(path, sample_rate=SR)
+    assert 2 * SR < samples.size < 6 * SR and "truncated or corrupt after" in warning
+    assert abs(peak_frequency(samples, SR) - 1000.0) < 2.0
+
+
+def test_flac_broken_from_the_start_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "cut.flac", tone(1000.0, 3.0) + noise(3.0))
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(DecodeError, match="lost sync"):
+        decode(path, sample_rate=SR)
 
 
 def test_missing_file(tmp_path):

@@ -21,7 +21,7 @@ SMALL = FeaturizerConfig(min_duration=4.0)  # keeps images short; geometry as in
 
 
 def expected_image(path: Path, config: FeaturizerConfig) -> np.ndarray:
-    samples, _ = decode(path, sample_rate=config.sample_rate)
+    samples = decode(path, sample_rate=config.sample_rate).samples
     signal, _ = self_concatenate(samples, min_samples=int(np.ceil(config.min_duration * config.sample_rate)))
     return multiscale_image(signal, config)
 
@@ -159,8 +159,9 @@ def test_every_bad_input_fails_alone_with_a_one_line_reason(tmp_path):
     write(root / "nothing.wav", np.zeros(0, np.float32))
     (root / "empty.ogg").write_bytes(b"")
     (root / "notes.mp3").write_text("not audio at all\n" * 50)
-    truncated = write(root / "cut.flac", tone(1000.0, 3.0) + noise(3.0))
-    truncated.write_bytes(truncated.read_bytes()[:2000])
+    truncated = write(root / "cut.flac", tone(1000.0, 10.0) + noise(10.0))
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (root / "broken.flac").write_bytes(truncated.read_bytes()[:2000])
     url = str(tmp_path / "s.zarr")
     summary = featurize_store(root, url, config=SMALL, labels="none")
     reader = FeatureStore(url)
@@ -169,12 +170,12 @@ def test_every_bad_input_fails_alone_with_a_one_line_reason(tmp_path):
     for name in ("good.wav", "stereo.flac", "rate8k.wav", "rate96k.wav", "silent.wav", "chant d'oiseau é 鳥.wav"):
         assert status[name] == "done", (name, errors[name])
     for name, reason in (("tiny.wav", "too short"), ("nothing.wav", "no audio samples"),
-                         ("empty.ogg", "empty file"), ("notes.mp3", "cannot decode")):
+                         ("empty.ogg", "empty file"), ("notes.mp3", "cannot decode"), ("broken.flac", "lost sync")):
         assert status[name] == "failed" and reason in errors[name], (name, errors[name])
-    assert status["cut.flac"] in ("done", "failed")
+    assert status["cut.flac"] == "done" and "truncated" in reader.table["warning"][list(reader.ids).index("cut.flac")]
     assert all("\n" not in e for e in errors.values())
-    assert summary.failed == sum(s == "failed" for s in status.values()) >= 4
-    assert summary.warnings == 1 and "silent" in reader.table["warning"][list(reader.ids).index("silent.wav")]
+    assert summary.failed == sum(s == "failed" for s in status.values()) == 5
+    assert summary.warnings == 2 and "silent" in reader.table["warning"][list(reader.ids).index("silent.wav")]
     assert not reader.image(list(reader.ids).index("silent.wav")).any()
     assert all(label == -1 for label in reader.table["label"])
     assert any("inspect" in line and "--failed" in line for line in summary.lines())
@@ -250,3 +251,79 @@ def test_checksum_codec_and_chunking_are_as_documented(small_corpus, tmp_path):
     image = zarr.open_group(packed, mode="r")["image"]
     assert [type(codec).__name__ for codec in image.compressors] == ["ZstdCodec", "Crc32cCodec"]
     assert np.array_equal(FeatureStore(packed).image(1), FeatureStore(url).image(1))
+
+
+def test_a_non_empty_folder_that_is_not_a_store_is_refused_and_untouched(small_corpus, tmp_path):
+    precious = tmp_path / "stores"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "notes.txt").write_text("field notes")
+    (precious / "sub" / "a.wav").write_bytes(b"RIFF")
+    with pytest.raises(store_io.StoreMismatch, match="not empty and is not a Zarr store"):
+        featurize_store(small_corpus, str(precious), config=SMALL, labels="folders")
+    assert (precious / "notes.txt").read_text() == "field notes" and (precious / "sub" / "a.wav").exists()
+
+
+def test_reruns_keep_labels_and_class_indices_stable(small_corpus, tmp_path):
+    url = str(tmp_path / "s.zarr")
+    featurize_store(small_corpus, url, config=SMALL, labels="folders")
+    before = FeatureStore(url)
+    labels = dict(zip(before.ids, before.table["label"]))
+    assert before.classes == ["high", "low"]
+    # a rerun without labels changes no label
+    featurize_store(small_corpus, url, config=SMALL, labels="none")
+    assert dict(zip(FeatureStore(url).ids, FeatureStore(url).table["label"])) == labels
+    # a new class sorts first but is appended: the old indices keep their meaning
+    write(small_corpus / "aaa" / "new.wav", tone(3000.0, 2.0))
+    summary = featurize_store(small_corpus, url, config=SMALL, labels="folders")
+    after = FeatureStore(url)
+    assert summary.submitted == 1 and after.classes == ["high", "low", "aaa"]
+    assert {i: after.table["label"][k] for k, i in enumerate(after.ids) if i in labels} == labels
+    assert after.table["label"][list(after.ids).index("aaa/new.wav")] == 2
+
+
+def test_another_audio_folder_is_refused_unless_it_moved(small_corpus, tmp_path):
+    url = str(tmp_path / "s.zarr")
+    featurize_store(small_corpus, url, config=SMALL, labels="folders")
+    moved = tmp_path / "moved"
+    small_corpus.rename(moved)
+    with pytest.raises(store_io.StoreMismatch, match="holds recordings from"):
+        featurize_store(moved, url, config=SMALL, labels="folders")
+    summary = featurize_store(moved, url, config=SMALL, labels="folders", new_audio_root=True)
+    assert (summary.submitted, summary.skipped) == (0, 4)
+    assert FeatureStore(url).attrs["audio_root"] == str(moved.resolve())
+
+
+def test_crash_while_growing_leaves_a_store_the_next_run_repairs(small_corpus, tmp_path):
+    url = str(tmp_path / "s.zarr")
+    featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=256)
+    group = zarr.open_group(url, mode="r+", use_consolidated=False)
+    image = group["image"]
+    grown = image.shape[3] + 512
+    image.resize(image.shape[:3] + (grown,))  # time axis grown, coordinate not yet
+    file_array = group["file"]
+    file_array.resize((file_array.shape[0] + 2,))  # two rows registered, ids never written
+    featurize_store(small_corpus, url, config=SMALL, labels="folders")
+    ds = xr.open_zarr(url)
+    assert ds.sizes["time"] == grown and ds.sizes["file"] == 4
+    np.testing.assert_allclose(ds["time"].values, schema.time_coordinate(ds.sizes["time"], SMALL))
+
+
+def test_conflicting_xml_labels_fail_the_file_and_tsv_metadata_reads(tmp_path):
+    root = tmp_path / "audio"
+    write(root / "a.wav", tone(1000.0, 1.0))
+    write(root / "b.wav", tone(2000.0, 1.0))
+    for n, class_id in ((1, "wren"), (2, "robin")):
+        (tmp_path / "xml").mkdir(exist_ok=True)
+        (tmp_path / "xml" / f"{n}.xml").write_text(
+            f"<Audio><FileName>a.wav</FileName><ClassId>{class_id}</ClassId></Audio>")
+    url = str(tmp_path / "x.zarr")
+    featurize_store(root, url, config=SMALL, metadata=tmp_path / "xml")
+    reader = FeatureStore(url)
+    row = list(reader.ids).index("a.wav")
+    assert reader.table["status"][row] == "failed" and "conflicting labels" in reader.table["error"][row]
+    tsv = tmp_path / "labels.tsv"
+    tsv.write_text("path\tlabel\tbackground\na.wav\twren\trobin\nb.wav\trobin\t\n")
+    featurize_store(root, str(tmp_path / "t.zarr"), config=SMALL, metadata=tsv)
+    reader = FeatureStore(str(tmp_path / "t.zarr"))
+    assert reader.classes == ["robin", "wren"] and list(reader.table["label"]) == [1, 0]
+    assert reader.background_indices(0) == [0]

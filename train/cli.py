@@ -6,8 +6,25 @@ torch and timm are imported inside the commands so ``soundception --help`` stays
 from __future__ import annotations
 
 import json
+import pickle
 
 import click
+
+from shared.reader import StoreError
+
+
+def _json_option(text: str | None, name: str) -> dict | None:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not JSON: {error}", param_hint=name) from None
+
+
+# what a bad store, checkpoint, weights file or backbone name raises: reported in one line
+USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, StoreError, KeyError, RuntimeError,
+               pickle.UnpicklingError, EOFError)
 
 # the names registered in train.attention.ATTENTION (listed here so --help needs no torch; a test
 # keeps the two in step)
@@ -64,7 +81,7 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
     from train.loop import train
 
     config = RunConfig(
-        store=store, out=out, storage_options=json.loads(storage_options) if storage_options else None,
+        store=store, out=out, storage_options=_json_option(storage_options, "--storage-options"),
         backbone=backbone, pretrained=pretrained, main_attention=main_attention, aux_attention=aux_attention,
         crop_seconds=crop_seconds, seed=seed, validation_fraction=validation_fraction, balanced=balanced,
         stage1=StageConfig(steps=stage1_steps, batch_size=stage1_batch_size, lr=stage1_lr,
@@ -77,8 +94,8 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
         checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size)
     try:
         result = train(config, resume=resume, progress=not no_progress)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from None
+    except USER_ERRORS as error:
+        raise click.ClickException(" ".join(str(error).split()) or type(error).__name__) from None
     click.echo(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
 
 
@@ -98,7 +115,7 @@ def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, d
 
     try:
         report = evaluate(checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
-                          storage_options=json.loads(storage_options) if storage_options else None)
-    except (ValueError, FileNotFoundError) as error:
-        raise click.ClickException(str(error)) from None
+                          storage_options=_json_option(storage_options, "--storage-options"))
+    except USER_ERRORS as error:
+        raise click.ClickException(" ".join(str(error).split()) or type(error).__name__) from None
     click.echo(json.dumps(report, indent=2))

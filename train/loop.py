@@ -141,11 +141,12 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
             "run_config": json.dumps(config.to_dict())})
 
     def validate() -> dict[str, float]:
-        if not runtime.is_main or not validation:
-            return {}
-        result = evaluate_model(model, store, validation, crop_width=crop_width, device=device,
-                                batch_size=config.eval_batch_size)
-        _append(metrics_path, {"kind": "eval", "step": step, **result})
+        result: dict[str, float] = {}
+        if runtime.is_main and validation:
+            result = evaluate_model(model, store, validation, crop_width=crop_width, device=device,
+                                    batch_size=config.eval_batch_size)
+            _append(metrics_path, {"kind": "eval", "step": step, **result})
+        rt.barrier(runtime)  # the other ranks wait here, not inside the next all-reduce
         return result
 
     path = None

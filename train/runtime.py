@@ -7,6 +7,7 @@ single process and these helpers are no-ops.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -51,9 +52,14 @@ def start(device: str = "auto") -> Runtime:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     chosen = resolve_device(device, local_rank)
     if chosen.type == "cuda":
+        if device not in ("auto", "cuda"):
+            raise ValueError(f"--device {device} under torchrun: use auto or cuda (each rank takes cuda:LOCAL_RANK)")
+        chosen = torch.device(f"cuda:{local_rank}")
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        # rank 0 validates alone while the others wait at a barrier: allow a long evaluation
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=2))
     return Runtime(device=chosen, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
