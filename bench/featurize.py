@@ -86,7 +86,10 @@ def dask_run(audio: Path, store: Path, workers: int, *, dask_malloc: bool = Fals
     from featurize.pipeline import featurize_store, local_client
 
     if dask_malloc:
+        saved = dict(os.environ)  # dask's nannies leave their variables in this process's environment
         client = Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+        os.environ.clear()
+        os.environ.update(saved)
     else:
         client = local_client(workers, dashboard_address=None)
     with client.cluster, client:

@@ -111,24 +111,32 @@ class RunSummary:
         return out + self.notes
 
 
+# glibc settings for featurize workers: blocks up to 32 MB come from the heap and up to 256 MB of
+# freed heap is kept, so the per-chunk arrays are reused instead of mapped and faulted in anew
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 1 << 25, "MALLOC_TRIM_THRESHOLD_": 1 << 28}
+
+
 def local_client(n_workers: int | None = None, *, dashboard_address: str | None = ":0") -> Any:
     """A dask ``Client`` on a new ``LocalCluster``: one single-threaded worker process per core.
 
-    dask's nannies set ``MALLOC_TRIM_THRESHOLD_`` in workers, which makes glibc hand every
+    dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which makes glibc hand every
     freed block of a few MB back to the kernel; the featurizer allocates such blocks for every
-    chunk, so workers would spend much of their time page-faulting. Our workers keep glibc's
-    default instead (measured in bench/featurize.py). The dashboard still shows tasks.
+    chunk, so workers would spend much of their time page-faulting. Our workers get
+    :data:`WORKER_MALLOC` instead, and no statistical profiler (it samples every thread's stack
+    every 10 ms); the dashboard still shows tasks. Both measured in bench/featurize.py.
     """
     import dask
     from distributed import Client, LocalCluster
 
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    # the worker's statistical profiler samples every thread's stack every 10 ms: off for speed
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                          "distributed.worker.profile.enabled": False}):
-        cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=dashboard_address)
+    settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_MALLOC.items()}
+    saved = dict(os.environ)  # nannies copy their pre-spawn variables into this process's environment
+    try:
+        with dask.config.set({**settings, "distributed.worker.profile.enabled": False}):
+            cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
+                                   processes=True, dashboard_address=dashboard_address)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return Client(cluster)
 
 
