@@ -111,13 +111,15 @@ def sample_windows(rng: np.random.Generator, files: np.ndarray, n_frames: np.nda
 class WindowSampler:
     """Batch sampler: yields lists of ``(file, start)`` for steps ``[start_step, stop_step)``.
 
-    Each step yields ``accumulation`` micro-batches; micro-batch ``m`` of step ``s`` on ``rank`` is
-    drawn from :func:`step_rng` ``(seed, s, m, rank)``.
+    Each step yields ``accumulation`` micro-batches. Micro-batch ``m`` of step ``s`` on ``rank``
+    of ``world_size`` is the step's global micro-batch ``g = m * world_size + rank``, drawn from
+    :func:`step_rng` ``(seed, s, g)``: so DDP over W ranks draws exactly the batches one process
+    with ``accumulation * W`` draws, and the two runs train the same model.
     """
 
     def __init__(self, store: FeatureStore, files: np.ndarray, *, batch_size: int, read_width: int, seed: int,
                  start_step: int = 0, stop_step: int, accumulation: int = 1, balanced: bool = False,
-                 rank: int = 0) -> None:
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1 or accumulation < 1:
             raise ValueError("batch_size and accumulation must be >= 1")
         self.files = np.asarray(files, dtype=np.int64)
@@ -127,10 +129,14 @@ class WindowSampler:
         self.labels = store.table["label"][self.files].astype(np.int64)
         self.batch_size, self.read_width, self.seed = batch_size, read_width, seed
         self.start_step, self.stop_step, self.accumulation = start_step, stop_step, accumulation
-        self.balanced, self.rank = balanced, rank
+        self.balanced, self.rank, self.world_size = balanced, rank, world_size
+
+    def global_micro_batch(self, micro_batch: int) -> int:
+        """Index of this rank's ``micro_batch`` among all micro-batches of a step, on all ranks."""
+        return micro_batch * self.world_size + self.rank
 
     def batch(self, step: int, micro_batch: int = 0) -> list[tuple[int, int]]:
-        rng = step_rng(self.seed, step, micro_batch, self.rank)
+        rng = step_rng(self.seed, step, self.global_micro_batch(micro_batch))
         return sample_windows(rng, self.files, self.n_frames, self.labels, batch_size=self.batch_size,
                               read_width=self.read_width, balanced=self.balanced)
 

@@ -175,7 +175,8 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
                   f"parameters, crop {crop_width} px ({config.crop_seconds} s) on {device}")
         sampler = WindowSampler(store, np.array(split.train), batch_size=stage.batch_size, read_width=window_width,
                                 seed=config.seed, start_step=step, stop_step=stage_end,
-                                accumulation=config.accumulation, balanced=config.balanced, rank=runtime.rank)
+                                accumulation=config.accumulation, balanced=config.balanced, rank=runtime.rank,
+                                world_size=runtime.world_size)
         loader = make_loader(WindowDataset(store, width=window_width), sampler, num_workers=config.num_workers,
                              pin_memory=runtime.cuda)
         batches = iter(loader)
@@ -183,15 +184,17 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
                    dynamic_ncols=True)
         window_start, window_samples = time.perf_counter(), 0
         while step < min(stage_end, stop_step):
-            torch.manual_seed(derived_seed(config.seed, step, runtime.rank, 1))  # dropout of this step
             optimizer.zero_grad(set_to_none=True)
             parts: dict[str, float] = {"loss_main": 0.0, "loss_aux": 0.0}
             total = 0.0
             for micro in range(config.accumulation):
                 batch = next(batches)
                 images = batch["image"].to(device, non_blocking=True)
-                generator = torch.Generator(device=device).manual_seed(
-                    derived_seed(config.seed, step, runtime.rank, 2, micro))
+                # dropout and augmentation depend on (seed, step, global micro-batch) only: exact resume,
+                # and DDP over W ranks == one process accumulating W times as many micro-batches
+                global_micro = sampler.global_micro_batch(micro)
+                torch.manual_seed(derived_seed(config.seed, step, 1, global_micro))
+                generator = torch.Generator(device=device).manual_seed(derived_seed(config.seed, step, 2, global_micro))
                 images, _ = augment_batch(images, crop_width=crop_width, config=config.augment, generator=generator)
                 images = model.normalize(images)
                 if runtime.cuda:
