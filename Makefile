@@ -9,8 +9,8 @@ SC     := $(VENV)/bin/soundception
 
 # A small backbone and 3 s crops so the demo trains on 2 CPU cores in a few minutes.
 DEMO_TRAIN_ARGS := --backbone mobilenetv3_small_100 --crop-seconds 3 --stage1-steps 20 --stage1-lr 2e-3 \
-	--stage1-warmup 5 --stage2-steps 150 --stage2-batch-size 8 --stage2-lr 2e-3 --stage2-warmup 10 \
-	--validation-fraction 0.2 --workers 2 --eval-every 50 --checkpoint-every 50
+	--stage1-warmup 5 --stage2-steps 200 --stage2-batch-size 8 --stage2-lr 2e-3 --stage2-warmup 10 \
+	--validation-fraction 0.2 --workers 2 --eval-every 100 --checkpoint-every 100
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 # The demo: synthetic birds -> feature store (local dask cluster) -> summary + PNG -> train -> MAP.
 demo: $(VENV)/.dev-installed
 	rm -rf demo_data stores/demo.zarr runs/demo
-	$(SC) synth demo_data --species 5 --files-per-species 8 --min-seconds 4 --max-seconds 90 --seed 0
+	$(SC) synth demo_data --species 5 --files-per-species 12 --min-seconds 4 --max-seconds 90 --seed 0
 	$(SC) featurize demo_data/audio --store stores/demo.zarr --metadata demo_data/labels.csv
 	$(SC) inspect stores/demo.zarr
 	$(SC) inspect stores/demo.zarr --png sp00/XC000001.wav stores/demo-XC000001.png
