@@ -14,12 +14,14 @@ def peak_frequency(samples: np.ndarray, sample_rate: int) -> float:
     return float(np.fft.rfftfreq(samples.size, 1 / sample_rate)[spectrum.argmax()])
 
 
-@pytest.mark.parametrize("extension,kwargs", [
-    (".wav", {}), (".flac", {}), (".ogg", {"format": "OGG", "subtype": "VORBIS"}),
-    (".mp3", {"format": "MP3", "subtype": "MPEG_LAYER_III"}),
+@pytest.mark.parametrize("extension,kwargs,rate", [
+    (".wav", {}, 44100), (".flac", {}, 44100), (".ogg", {"format": "OGG", "subtype": "VORBIS"}, 44100),
+    (".mp3", {"format": "MP3", "subtype": "MPEG_LAYER_III"}, 44100),
+    (".opus", {"format": "OGG", "subtype": "OPUS"}, 48000), (".aiff", {"format": "AIFF"}, 44100),
+    (".WAV", {"subtype": "PCM_24"}, 48000), (".wav", {"subtype": "ULAW"}, 8000),
 ])
-def test_codecs_decode_to_the_same_tone(tmp_path, extension, kwargs):
-    path = write(tmp_path / f"a{extension}", tone(1234.0, 2.0, sample_rate=44100), 44100, **kwargs)
+def test_codecs_decode_to_the_same_tone(tmp_path, extension, kwargs, rate):
+    path = write(tmp_path / f"a{extension}", tone(1234.0, 2.0, sample_rate=rate), rate, **kwargs)
     samples, duration, _ = decode(path, sample_rate=SR)
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(samples.size / SR - 2.0) < 0.06  # lossy codecs pad a few ms
