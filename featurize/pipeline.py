@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from featurize import store as store_io
 from featurize.audio import DecodeError, decode, self_concatenate
 from featurize.image import MultiscaleImage
