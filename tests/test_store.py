@@ -327,3 +327,19 @@ def test_conflicting_xml_labels_fail_the_file_and_tsv_metadata_reads(tmp_path):
     reader = FeatureStore(str(tmp_path / "t.zarr"))
     assert reader.classes == ["robin", "wren"] and list(reader.table["label"]) == [1, 0]
     assert reader.background_indices(0) == [0]
+
+
+def test_files_wider_than_the_header_said_grow_the_store_and_are_redone(small_corpus, tmp_path, monkeypatch):
+    # Headers can under-state a length (or be unreadable, for codecs only audioread opens); no
+    # such file can be made here, so the driver's estimate is made to say 0 px for every file.
+    from featurize import pipeline
+
+    monkeypatch.setattr(pipeline, "estimate_width", lambda path, config: 0)
+    url = str(tmp_path / "s.zarr")
+    summary = featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=256)
+    assert (summary.submitted, summary.done, summary.failed) == (4, 4, 0)
+    reader = FeatureStore(url)
+    widest = int(reader.table["n_frames"].max())  # 3 s clip x 2 = 6 s: 1,196 px
+    assert widest == SMALL.width_for(6.0) and reader.image_shape[3] == 1280  # whole 256 px chunks
+    for i, file_id in enumerate(reader.ids):
+        assert np.array_equal(reader.image(i), expected_image(small_corpus / file_id, SMALL))
