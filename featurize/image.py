@@ -1,29 +1,42 @@
 """The tri-channel time-frequency image (paper 2.1, steps 6-9), built block by block.
 
-For each FFT window: log-power spectrogram -> clip outliers at percentile bounds -> bilinear resize
-to ``image_height`` rows and ``pixels_per_second`` columns -> scale to 0..255. The three results
-are the R, G, B channels of one uint8 image.
+For each FFT window: STFT frames at that window's own hop -> resize to the image's columns and
+rows -> log power -> clip outliers at percentile bounds -> scale to 0..255. The three results are
+the R, G, B channels of one uint8 image.
 
-Memory is bounded: the clip bounds come from at most ``percentile_frames`` evenly spaced frames
+Why each window has its own hop and the resize pools: a column is ``sample_rate /
+pixels_per_second`` = 110.6 samples wide. A 128-point frame hopped by that much sees a 3 ms note
+between two frame centres at a fraction of its power (measured: -18 dB). With a hop of at most a
+quarter window every sound is near some frame centre, and ``max`` pooling of the frames inside a
+column keeps the loudest, so a short note's brightness no longer depends on where it falls.
+The same holds on the frequency axis: 1,025 bins of the 2048-point spectrum shrink to 299 rows,
+and ``max`` over each row's bins keeps a pure tone's level wherever its frequency lies (bilinear
+sampling reads only 597 of the bins). ``bilinear`` (the paper's word) and ``area`` (mean) stay
+available; the README gives the measurements behind the default.
+
+Memory is bounded: the clip bounds come from at most ``percentile_columns`` evenly spaced columns
 (first pass), then the image is produced in column blocks that each compute only the STFT frames
 they need (second pass). A two-hour recording never holds its float spectrograms at once.
 
 Geometry (shared by all channels, see :mod:`shared.schema`):
-    row ``r``    -> frequency ``(H - 1 - r) / (H - 1) * sample_rate / 2`` (align corners)
-    column ``c`` -> time ``(c + 0.5) / pixels_per_second`` s -> fractional STFT frame
-                    ``time * sample_rate / hop_length``
+    row ``r``    -> frequency ``(H - 1 - r) / (H - 1) * sample_rate / 2`` (align corners); with
+                    pooling, row ``r`` covers the bins within half a row spacing of it
+    column ``c`` -> samples ``[c, c + 1) * P`` with ``P = sample_rate / pixels_per_second``,
+                    centred at ``(c + 0.5) / pixels_per_second`` s; with pooling it holds the
+                    frames centred inside it, otherwise it interpolates at its centre
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
 
-from featurize.spectrogram import frame_count, frame_range, frames_at, log_power
-from shared.config import FeaturizerConfig
+from featurize.spectrogram import frame_count, frame_range, frames_at, magnitude, to_decibels
+from shared.config import RESIZE_METHODS, FeaturizerConfig
 
 
 def _linear_weights(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,74 +48,171 @@ def _linear_weights(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.nd
     return low, high, weight
 
 
+def _interpolate(values: np.ndarray, low: np.ndarray, high: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
+    """``values[low] + weight * (values[high] - values[low])`` along ``axis`` (0 or 1), float32."""
+    out = np.take(values, low, axis=axis)
+    upper = np.take(values, high, axis=axis)
+    upper -= out
+    upper *= weight if axis == 1 else weight[:, None]
+    out += upper
+    return out
+
+
+def _ceil_div(numerator: np.ndarray, denominator: int) -> np.ndarray:
+    return -(-numerator // denominator)
+
+
 @lru_cache(maxsize=32)
-def frequency_weights(bins: int, *, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Which spectrogram bins the frequency resize reads, and how.
+def row_bins(bins: int, height: int) -> np.ndarray:
+    """First bin of each row's band, ascending frequency, int ``(height + 1,)`` (the last is ``bins``).
 
-    Returns ``(used, low, high, weight)``: ``used`` the sorted bin indices any row reads;
-    ``low``/``high`` per output row, as positions into ``used``; ``weight`` of ``high``.
-    Row ``r`` is frequency ``(height-1-r)/(height-1)*Nyquist`` (highest first).
+    Row ``a`` (counted from 0 Hz) covers the bins whose centre lies in ``[a - 1/2, a + 1/2)`` row
+    spacings; needs ``bins > height`` so every band holds at least one bin. Exact integer arithmetic.
     """
-    positions = (height - 1 - np.arange(height)) * (bins - 1) / (height - 1)
-    low, high, weight = _linear_weights(positions, bins)
-    used, inverse = np.unique(np.concatenate([low, high]), return_inverse=True)
-    arrays = (used, inverse[:height], inverse[height:], weight)
-    for array in arrays:
-        array.setflags(write=False)  # shared by the cache
-    return arrays
+    a = np.arange(height + 1, dtype=np.int64)
+    edges = _ceil_div((2 * a - 1) * (bins - 1), 2 * (height - 1))
+    edges = np.clip(edges, 0, bins)
+    edges[-1] = bins
+    edges.setflags(write=False)
+    return edges
 
 
-def resize_frequency(spectrogram: np.ndarray, *, height: int, bins: int | None = None) -> np.ndarray:
-    """Linearly resample the frequency axis to ``height`` rows, highest frequency first.
+@lru_cache(maxsize=32)
+def area_matrix(bins: int, height: int) -> np.ndarray:
+    """float32 ``(bins, height)``: row ``a`` (ascending) is the mean of the bins it overlaps.
+
+    Bin ``k`` spans ``[k - 1/2, k + 1/2]`` bin spacings and row ``a`` spans ``[a - 1/2, a + 1/2]``
+    row spacings; each weight is the overlap length, normalised so every row's weights sum to 1.
+    """
+    scale = (bins - 1) / (height - 1)
+    k = np.arange(bins)[:, None]
+    a = np.arange(height)[None, :]
+    overlap = np.minimum(k + 0.5, (a + 0.5) * scale) - np.maximum(k - 0.5, (a - 0.5) * scale)
+    weights = np.clip(overlap, 0.0, None)
+    weights /= weights.sum(axis=0, keepdims=True)
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max") -> np.ndarray:
+    """Resize the frequency axis to ``height`` rows, highest frequency first.
 
     Args:
-        spectrogram: ``(frames, bins)``, bins from 0 Hz to Nyquist; or, when ``bins`` is given,
-            only the columns ``frequency_weights(bins, height=height)[0]`` of such a spectrogram.
-        height: output rows.
-        bins: number of bins of the full spectrogram when only the used columns are passed.
+        spectrogram: ``(frames, bins)``, bins evenly spaced from 0 Hz to Nyquist (dB or magnitude).
+        height: output rows; row ``r`` is frequency ``(height-1-r)/(height-1)*Nyquist``.
+        method: ``"max"`` (loudest bin in each row's band), ``"area"`` (overlap-weighted mean of the
+            bins) or ``"bilinear"`` (linear interpolation at each row's frequency). With fewer bins
+            than rows there is nothing to pool and every method interpolates linearly.
 
     Returns:
-        float32 ``(frames, height)``; column ``r`` is frequency ``(height-1-r)/(height-1)*Nyquist``.
+        float32 ``(frames, height)``, a new array.
     """
     spectrogram = np.asarray(spectrogram, dtype=np.float32)
     if spectrogram.ndim != 2 or spectrogram.shape[1] < 2:
         raise ValueError(f"spectrogram must be (frames, bins >= 2), got {spectrogram.shape}")
-    used, low, high, weight = frequency_weights(bins or spectrogram.shape[1], height=height)
-    if bins is None:
-        low, high = used[low], used[high]
-    elif spectrogram.shape[1] != used.size:
-        raise ValueError(f"expected the {used.size} used bins of {bins}, got {spectrogram.shape[1]}")
-    out = spectrogram[:, low]
-    upper = spectrogram[:, high]
-    upper -= out
-    upper *= weight
-    out += upper
-    return out
+    bins = spectrogram.shape[1]
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
+    if method == "bilinear" or bins <= height:
+        positions = np.arange(height)[::-1] * (bins - 1) / (height - 1)
+        return _interpolate(spectrogram, *_linear_weights(positions, bins), axis=1)
+    if method == "max":
+        rows = np.maximum.reduceat(spectrogram, row_bins(bins, height)[:-1], axis=1)
+    else:
+        rows = spectrogram @ area_matrix(bins, height)
+    return np.ascontiguousarray(rows[:, ::-1])
 
 
-def column_frame_positions(columns: np.ndarray, config: FeaturizerConfig) -> np.ndarray:
-    """Fractional STFT frame index at the centre of each image column, shape like ``columns``."""
-    seconds = (np.asarray(columns, dtype=np.float64) + 0.5) / config.pixels_per_second
-    return seconds * config.sample_rate / config.hop_length
+
+def column_period(config: FeaturizerConfig) -> Fraction:
+    """Samples per image column, exactly: ``sample_rate * image_seconds / image_height`` (110.6)."""
+    return Fraction(config.sample_rate) * Fraction(config.image_seconds).limit_denominator(10**6) / config.image_height
 
 
-def resize_time(spectrogram: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Linearly resample the frame axis at fractional frame ``positions``.
+def pools_time(config: FeaturizerConfig, hop_length: int) -> bool:
+    """True when columns pool frames (every column holds at least one frame centre)."""
+    return config.time_resize != "bilinear" and hop_length <= column_period(config)
+
+
+def column_frames(columns: np.ndarray, *, hop_length: int, config: FeaturizerConfig,
+                  n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and end (exclusive) frame of each column: frames centred in ``[c, c + 1) * P`` samples.
 
     Args:
-        spectrogram: ``(frames, rows)``; frame 0 is position 0.
-        positions: ``(columns,)`` fractional frame indices (clamped to the valid range).
+        columns: int ``(k,)`` column indices.
+        hop_length: this window's hop; must satisfy :func:`pools_time`.
+        n_frames: frames of the recording; indices are clamped so each column keeps >= 1 frame.
 
     Returns:
-        float32 ``(columns, rows)``.
+        int ``(k,)`` first frames and int ``(k,)`` end frames.
     """
-    low, high, weight = _linear_weights(np.asarray(positions, dtype=np.float64), spectrogram.shape[0])
-    out = spectrogram[low]
-    upper = spectrogram[high]
-    upper -= out
-    upper *= weight[:, None]
-    out += upper
-    return out
+    step = column_period(config) / hop_length  # frames per column
+    columns = np.asarray(columns, dtype=np.int64)
+    first = _ceil_div(columns * step.numerator, step.denominator)
+    end = _ceil_div((columns + 1) * step.numerator, step.denominator)
+    first = np.minimum(first, n_frames - 1)
+    end = np.maximum(np.minimum(end, n_frames), first + 1)
+    return first, end
+
+
+def column_frame_positions(columns: np.ndarray, *, hop_length: int, config: FeaturizerConfig) -> np.ndarray:
+    """Fractional STFT frame index at the centre of each image column, shape like ``columns``."""
+    return (np.asarray(columns, dtype=np.float64) + 0.5) * float(column_period(config) / hop_length)
+
+
+def _frames(signal: np.ndarray, first: np.ndarray, end: np.ndarray, *, n_fft: int, hop_length: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The frames ``first[i] .. end[i] - 1`` of every column, concatenated, and each column's offset."""
+    counts = end - first
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    if np.all(first[1:] == end[:-1]):  # contiguous columns: one strided read
+        return frame_range(signal, int(first[0]), int(end[-1]), n_fft=n_fft, hop_length=hop_length), offsets
+    indices = np.repeat(first - offsets, counts) + np.arange(int(counts.sum()))
+    return frames_at(signal, indices, n_fft=n_fft, hop_length=hop_length), offsets
+
+
+def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_length: int,
+                    config: FeaturizerConfig) -> np.ndarray:
+    """One channel's values in dB at the given image columns, before clipping.
+
+    Args:
+        signal: mono float32 ``(n,)`` at ``config.sample_rate``.
+        columns: int ``(k,)`` increasing column indices (a block, or a sparse sample of the image).
+        n_fft, hop_length: this channel's STFT window and hop, samples.
+
+    Returns:
+        float32 ``(k, image_height)``: row ``r`` is frequency ``(H-1-r)/(H-1) * Nyquist``. Each
+        frame's dB spectrum is resized to rows first, then frames become columns.
+    """
+    n_frames = frame_count(signal.size, hop_length=hop_length)
+    columns = np.asarray(columns, dtype=np.int64)
+    if pools_time(config, hop_length):
+        first, end = column_frames(columns, hop_length=hop_length, config=config, n_frames=n_frames)
+        frames, offsets = _frames(signal, first, end, n_fft=n_fft, hop_length=hop_length)
+        values = magnitude(frames, window=config.window)
+        bins = values.shape[1]
+        if config.time_resize == "max" and config.frequency_resize == "max" and bins > config.image_height:
+            # max over frames, max over bins and dB all commute: pool first, convert fewer values
+            values = to_decibels(np.maximum.reduceat(values, offsets, axis=0), amin=config.amin)
+            return resize_frequency(values, height=config.image_height, method="max")
+        rows = resize_frequency(to_decibels(values, amin=config.amin), height=config.image_height,
+                                method=config.frequency_resize)
+        if config.time_resize == "max":
+            return np.maximum.reduceat(rows, offsets, axis=0)
+        return np.add.reduceat(rows, offsets, axis=0) / (end - first)[:, None].astype(np.float32)
+    positions = np.clip(column_frame_positions(columns, hop_length=hop_length, config=config), 0, n_frames - 1)
+    low, high, weight = _linear_weights(positions, n_frames)
+    if np.all(np.diff(columns) == 1):  # a block: one strided read of the frames it spans
+        frames = frame_range(signal, int(low[0]), int(high[-1]) + 1, n_fft=n_fft, hop_length=hop_length)
+        low, high = low - low[0], high - low[0]
+    else:  # a sparse sample of columns: only the frames they read
+        needed = np.unique(np.concatenate([low, high]))
+        frames = frames_at(signal, needed, n_fft=n_fft, hop_length=hop_length)
+        low, high = np.searchsorted(needed, low), np.searchsorted(needed, high)
+    rows = resize_frequency(to_decibels(magnitude(frames, window=config.window), amin=config.amin),
+                            height=config.image_height, method=config.frequency_resize)
+    return _interpolate(rows, low, high, weight, axis=0)
 
 
 def clip_bounds(values: np.ndarray, *, percentiles: tuple[float, float]) -> tuple[float, float]:
@@ -148,15 +258,14 @@ class MultiscaleImage:
             raise ValueError(f"signal must be a non-empty 1-D array, got shape {signal.shape}")
         if not np.all(np.isfinite(signal)):
             raise ValueError("signal contains NaN or infinite samples")
-        n_frames = frame_count(signal.size, hop_length=config.hop_length)
-        sampled = np.unique(np.linspace(0, n_frames - 1, min(n_frames, config.percentile_frames)).round())
-        bounds = []
-        for n_fft in config.fft_windows:
-            frames = frames_at(signal, sampled.astype(np.int64), n_fft=n_fft, hop_length=config.hop_length)
-            spectrum = log_power(frames, window=config.window, amin=config.amin)
-            bounds.append(clip_bounds(spectrum, percentiles=config.clip_percentiles))
         width = config.width_for(signal.size / config.sample_rate)
-        return cls(signal=signal, config=config, width=width, bounds=tuple(bounds))
+        sampled = np.unique(np.linspace(0, width - 1, min(width, config.percentile_columns)).round()).astype(np.int64)
+        bounds = tuple(
+            clip_bounds(channel_columns(signal, sampled, n_fft=n_fft, hop_length=hop, config=config),
+                        percentiles=config.clip_percentiles)
+            for n_fft, hop in zip(config.fft_windows, config.hop_lengths)
+        )
+        return cls(signal=signal, config=config, width=width, bounds=bounds)
 
     @property
     def silent(self) -> bool:
@@ -168,22 +277,11 @@ class MultiscaleImage:
         if not 0 <= start < stop <= self.width:
             raise ValueError(f"column block [{start}, {stop}) outside image of width {self.width}")
         config = self.config
-        n_frames = frame_count(self.signal.size, hop_length=config.hop_length)
-        positions = column_frame_positions(np.arange(start, stop), config)
-        first = int(np.clip(np.floor(positions[0]), 0, n_frames - 1))
-        last = int(np.clip(np.floor(positions[-1]) + 1, 0, n_frames - 1))
+        columns = np.arange(start, stop)
         out = np.empty((len(config.fft_windows), config.image_height, stop - start), dtype=np.uint8)
-        for channel, (n_fft, (low, high)) in enumerate(zip(config.fft_windows, self.bounds)):
-            frames = frame_range(self.signal, first, last + 1, n_fft=n_fft, hop_length=config.hop_length)
-            n_bins = n_fft // 2 + 1
-            # only the bins the bilinear resize reads are converted to dB (about 600 of 1,025 for 2048)
-            used = frequency_weights(n_bins, height=config.image_height)[0]
-            spectrum = log_power(frames, window=config.window, amin=config.amin,
-                                 bins=used if used.size < n_bins else None)
-            np.clip(spectrum, low, high, out=spectrum)  # outliers first, as in the paper
-            rows = resize_frequency(spectrum, height=config.image_height, bins=n_bins)
-            columns = resize_time(rows, np.clip(positions, 0, n_frames - 1) - first)
-            out[channel] = to_uint8(columns, low=low, high=high).T
+        for channel, (n_fft, hop, (low, high)) in enumerate(zip(config.fft_windows, config.hop_lengths, self.bounds)):
+            values = channel_columns(self.signal, columns, n_fft=n_fft, hop_length=hop, config=config)
+            out[channel] = to_uint8(values, low=low, high=high).T
         return out
 
     def blocks(self, block_columns: int) -> Iterator[tuple[int, np.ndarray]]:

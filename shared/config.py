@@ -13,6 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.text import check_known_keys
+
+RESIZE_METHODS = ("max", "area", "bilinear")
+
 
 @dataclass(frozen=True)
 class FeaturizerConfig:
@@ -24,16 +28,22 @@ class FeaturizerConfig:
             least this long; longer clips keep their length.
         fft_windows: samples. One log-spectrogram per window; they become the image channels in
             this order (R, G, B).
-        hop_length: samples between STFT frames, shared by all windows so the three channels share
-            one time axis. The default (110) sits next to the column rate
-            ``sample_rate * image_seconds / image_height`` (about 110.6), so the time resize is
-            close to 1:1 and bilinear sampling drops no frame.
+        hop_lengths: samples between STFT frames, one per window (default: a quarter of the
+            window, 32/128/512). A hop much longer than a quarter window leaves short sounds
+            between frame centres nearly invisible (a 3 ms note loses 18 dB with 128/110).
+        time_resize: how STFT frames become image columns (``sample_rate / pixels_per_second`` =
+            110.6 samples each). ``"max"``: the loudest of the frames centred inside the column;
+            ``"area"``: their mean (in dB); ``"bilinear"``: interpolate at the column centre (the
+            paper's word). A window whose hop is longer than a column always interpolates.
+        frequency_resize: how FFT bins become the ``image_height`` rows: ``"max"``, ``"area"`` or
+            ``"bilinear"`` likewise (only when there are more bins than rows; fewer are
+            interpolated). The README gives the measurements behind both defaults.
         window: STFT window name (``scipy.signal.get_window``).
         amin: power floor before ``10 * log10`` so silence stays finite.
         clip_percentiles: (low, high) percentiles of each log-spectrogram's values. Values outside
             are clipped before scaling to 0..255, so a few very loud or empty bins do not squeeze
             the rest of the image into a handful of grey levels.
-        percentile_frames: at most this many STFT frames, evenly spaced over the recording, are
+        percentile_columns: at most this many image columns, evenly spaced over the recording, are
             used to estimate the clip bounds. This keeps memory bounded for long recordings and
             makes the bounds independent of how the recording is cut into blocks.
         image_height: pixels on the frequency axis (299, Inception's input height).
@@ -45,11 +55,13 @@ class FeaturizerConfig:
     sample_rate: int = 22050
     min_duration: float = 60.0
     fft_windows: tuple[int, ...] = (128, 512, 2048)
-    hop_length: int = 110
+    hop_lengths: tuple[int, ...] = ()
+    time_resize: str = "max"
+    frequency_resize: str = "max"
     window: str = "hann"
     amin: float = 1e-10
     clip_percentiles: tuple[float, float] = (1.0, 99.9)
-    percentile_frames: int = 1024
+    percentile_columns: int = 1024
     image_height: int = 299
     image_seconds: float = 1.5
     min_samples: int = 128
@@ -62,15 +74,21 @@ class FeaturizerConfig:
             raise ValueError(f"min_duration must be >= 0 s, got {self.min_duration}")
         if not self.fft_windows or any(int(w) < 2 for w in self.fft_windows):
             raise ValueError(f"fft_windows must be window sizes >= 2 samples, got {self.fft_windows}")
-        if self.hop_length <= 0:
-            raise ValueError(f"hop_length must be positive, got {self.hop_length}")
+        if not self.hop_lengths:
+            object.__setattr__(self, "hop_lengths", tuple(max(1, int(w) // 4) for w in self.fft_windows))
+        object.__setattr__(self, "hop_lengths", tuple(int(h) for h in self.hop_lengths))
+        if len(self.hop_lengths) != len(self.fft_windows) or min(self.hop_lengths) <= 0:
+            raise ValueError(f"hop_lengths must give one positive hop per FFT window, got {self.hop_lengths}")
+        for name in ("time_resize", "frequency_resize"):
+            if getattr(self, name) not in RESIZE_METHODS:
+                raise ValueError(f"{name} must be one of {RESIZE_METHODS}, got {getattr(self, name)!r}")
         low, high = self.clip_percentiles
         if not 0.0 <= low < high <= 100.0:
             raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
         if self.image_height < 2 or self.image_seconds <= 0:
             raise ValueError("image_height must be >= 2 px and image_seconds > 0 s")
-        if self.percentile_frames < 1:
-            raise ValueError("percentile_frames must be >= 1")
+        if self.percentile_columns < 1:
+            raise ValueError("percentile_columns must be >= 1")
         object.__setattr__(self, "fft_windows", tuple(int(w) for w in self.fft_windows))
         object.__setattr__(self, "clip_percentiles", (float(low), float(high)))
         if not self.channel_names:
@@ -94,12 +112,9 @@ class FeaturizerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeaturizerConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown featurizer config keys: {sorted(unknown)}")
+        check_known_keys(data, (f.name for f in dataclasses.fields(cls)), "featurizer config")
         values = dict(data)
-        for key in ("fft_windows", "clip_percentiles", "channel_names"):
+        for key in ("fft_windows", "hop_lengths", "clip_percentiles", "channel_names"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)

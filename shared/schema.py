@@ -28,7 +28,7 @@ import numpy as np
 
 from shared.config import FeaturizerConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one hop per FFT window and pooled resizes (hop_lengths, time_resize, frequency_resize)
 
 IMAGE = "image"
 IMAGE_DIMS = ("file", "channel", "freq", "time")
