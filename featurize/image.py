@@ -78,6 +78,16 @@ def row_bins(bins: int, height: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
+def band_gather(bins: int, height: int) -> np.ndarray:
+    """int ``(height, widest band)``: each row's bins, the last repeated to fill (for a max)."""
+    edges = row_bins(bins, height)
+    widest = int(np.diff(edges).max())
+    gather = np.minimum(edges[:-1, None] + np.arange(widest)[None, :], edges[1:, None] - 1)
+    gather.setflags(write=False)
+    return gather
+
+
+@lru_cache(maxsize=32)
 def area_matrix(bins: int, height: int) -> np.ndarray:
     """float32 ``(bins, height)``: row ``a`` (ascending) is the mean of the bins it overlaps.
 
@@ -118,7 +128,7 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max
         positions = np.arange(height)[::-1] * (bins - 1) / (height - 1)
         return _interpolate(spectrogram, *_linear_weights(positions, bins), axis=1)
     if method == "max":
-        rows = np.maximum.reduceat(spectrogram, row_bins(bins, height)[:-1], axis=1)
+        rows = spectrogram[:, band_gather(bins, height)].max(axis=2)
     else:
         rows = spectrogram @ area_matrix(bins, height)
     return np.ascontiguousarray(rows[:, ::-1])
@@ -176,31 +186,32 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
                     config: FeaturizerConfig) -> np.ndarray:
     """One channel's values in dB at the given image columns, before clipping.
 
+    Reductions come before expansions: where columns pool frames, each column first takes, bin
+    by bin, the loudest (``max``) or mean dB (``area``) of the frames centred in it, then its
+    bins become rows; where a column interpolates between frames, each frame's bins become rows
+    first. (Max pooling commutes with the dB conversion, so it runs on magnitudes.)
+
     Args:
         signal: mono float32 ``(n,)`` at ``config.sample_rate``.
         columns: int ``(k,)`` increasing column indices (a block, or a sparse sample of the image).
         n_fft, hop_length: this channel's STFT window and hop, samples.
 
     Returns:
-        float32 ``(k, image_height)``: row ``r`` is frequency ``(H-1-r)/(H-1) * Nyquist``. Each
-        frame's dB spectrum is resized to rows first, then frames become columns.
+        float32 ``(k, image_height)``: row ``r`` is frequency ``(H-1-r)/(H-1) * Nyquist``.
     """
     n_frames = frame_count(signal.size, hop_length=hop_length)
     columns = np.asarray(columns, dtype=np.int64)
+    height, amin = config.image_height, config.amin
     if pools_time(config, hop_length):
         first, end = column_frames(columns, hop_length=hop_length, config=config, n_frames=n_frames)
         frames, offsets = _frames(signal, first, end, n_fft=n_fft, hop_length=hop_length)
         values = magnitude(frames, window=config.window)
-        bins = values.shape[1]
-        if config.time_resize == "max" and config.frequency_resize == "max" and bins > config.image_height:
-            # max over frames, max over bins and dB all commute: pool first, convert fewer values
-            values = to_decibels(np.maximum.reduceat(values, offsets, axis=0), amin=config.amin)
-            return resize_frequency(values, height=config.image_height, method="max")
-        rows = resize_frequency(to_decibels(values, amin=config.amin), height=config.image_height,
-                                method=config.frequency_resize)
         if config.time_resize == "max":
-            return np.maximum.reduceat(rows, offsets, axis=0)
-        return np.add.reduceat(rows, offsets, axis=0) / (end - first)[:, None].astype(np.float32)
+            values = to_decibels(np.maximum.reduceat(values, offsets, axis=0), amin=amin)
+        else:
+            values = np.add.reduceat(to_decibels(values, amin=amin), offsets, axis=0)
+            values /= (end - first)[:, None].astype(np.float32)
+        return resize_frequency(values, height=height, method=config.frequency_resize)
     positions = np.clip(column_frame_positions(columns, hop_length=hop_length, config=config), 0, n_frames - 1)
     low, high, weight = _linear_weights(positions, n_frames)
     if np.all(np.diff(columns) == 1):  # a block: one strided read of the frames it spans
@@ -210,8 +221,11 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
         needed = np.unique(np.concatenate([low, high]))
         frames = frames_at(signal, needed, n_fft=n_fft, hop_length=hop_length)
         low, high = np.searchsorted(needed, low), np.searchsorted(needed, high)
-    rows = resize_frequency(to_decibels(magnitude(frames, window=config.window), amin=config.amin),
-                            height=config.image_height, method=config.frequency_resize)
+    values = magnitude(frames, window=config.window)
+    if config.frequency_resize == "max" and values.shape[1] > height:  # pool bins before the dB conversion
+        rows = to_decibels(resize_frequency(values, height=height, method="max"), amin=amin)
+    else:
+        rows = resize_frequency(to_decibels(values, amin=amin), height=height, method=config.frequency_resize)
     return _interpolate(rows, low, high, weight, axis=0)
 
 

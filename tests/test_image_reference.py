@@ -91,19 +91,19 @@ def _reference_image(signal: np.ndarray, config: FeaturizerConfig) -> np.ndarray
         power = np.abs(librosa.stft(signal, n_fft=n_fft, hop_length=hop, center=True, pad_mode="constant")) ** 2
         db = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)  # (bins, frames)
         bin_freq = np.linspace(0, nyquist, db.shape[0])
-        if db.shape[0] > height:  # each row: the loudest bin within half a row spacing below/above
-            half = nyquist / (height - 1) / 2
-            rows = np.stack([db[(bin_freq >= f - half) & (bin_freq < f + half)].max(axis=0) for f in row_freq])
-        else:
-            rows = np.stack([np.interp(row_freq, bin_freq, db[:, j]) for j in range(db.shape[1])], axis=1)
         frame_centre = np.arange(db.shape[1]) * hop
-        if hop <= COLUMN:  # each column: the loudest frame centred inside it
-            columns = [rows[:, (frame_centre >= c * COLUMN) & (frame_centre < (c + 1) * COLUMN)].max(axis=1)
-                       for c in range(width)]
-            values = np.stack(columns, axis=1)
-        else:  # interpolate at the column centre
+        pooled = hop <= COLUMN
+        if pooled:  # reductions first: each column, bin by bin, the loudest frame centred inside it
+            db = np.stack([db[:, (frame_centre >= c * COLUMN) & (frame_centre < (c + 1) * COLUMN)].max(axis=1)
+                           for c in range(width)], axis=1)
+        if db.shape[0] > height:  # each row: the loudest bin within half a row spacing of it
+            half = nyquist / (height - 1) / 2
+            values = np.stack([db[(bin_freq >= f - half) & (bin_freq < f + half)].max(axis=0) for f in row_freq])
+        else:
+            values = np.stack([np.interp(row_freq, bin_freq, db[:, j]) for j in range(db.shape[1])], axis=1)
+        if not pooled:  # expansions last: interpolate at the column centre
             positions = (np.arange(width) + 0.5) * COLUMN / hop
-            values = np.stack([np.interp(positions, np.arange(db.shape[1]), r) for r in rows])
+            values = np.stack([np.interp(positions, np.arange(db.shape[1]), r) for r in values])
         low, high = np.percentile(values, config.clip_percentiles)
         channels.append(np.round((np.clip(values, low, high) - low) / (high - low) * 255))
     return np.stack(channels)
