@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.reader import FeatureStore  # noqa: E402
 from train.augment import AugmentConfig, read_width  # noqa: E402
 from train.dataset import WindowDataset, WindowSampler, make_loader, trainable_indices  # noqa: E402
-from train.evaluate import crop_width_px  # noqa: E402
+from train.config import crop_width_px  # noqa: E402
 
 
 def make_noise_audio(root: Path, *, files: int, seconds: float, sample_rate: int = 22050) -> Path:

@@ -18,8 +18,8 @@ from featurize.synthetic import make_dataset
 from shared import FeaturizerConfig
 from train.checkpoint import load_checkpoint
 from train.config import RunConfig, StageConfig
-from train.evaluate import build_model
 from train.loop import derived_seed, train
+from train.model import build_model
 
 
 def test_ddp_over_two_ranks_equals_one_process_accumulating_two(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
 
 from train import metrics
 
@@ -86,6 +86,20 @@ def test_matches_sklearn_without_ties(seed):
     columns = [c for c in range(7) if relevant[:, c].any()]
     expected = np.mean([average_precision_score(relevant[:, c], scores[:, c]) for c in columns])
     assert metrics.class_wise_map(scores, relevant) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_map_with_one_relevant_species_equals_sklearns_label_ranking_ap(seed):
+    rng = np.random.default_rng(seed)
+    n_recordings, n_classes = 50, 8
+    scores = rng.random((n_recordings, n_classes))
+    if seed % 2:
+        scores = np.round(scores, 1)  # ties: sklearn ranks them pessimistically too (rank = #{score >= own})
+    labels = rng.integers(0, n_classes, n_recordings)
+    relevant = metrics.one_hot(labels, n_classes)
+    expected = label_ranking_average_precision_score(relevant, scores)
+    assert metrics.mean_average_precision(scores, relevant) == pytest.approx(expected, rel=1e-12)
+    assert metrics.report(scores, labels)["map"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_shape_errors():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,17 +33,52 @@ def test_forward_any_width(model, width):
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.aux_logits).all()
 
 
-def test_attention_is_applied_elementwise():
+def test_temporal_attention_is_a_sigmoid_per_time_step_of_the_detector():
     torch.manual_seed(0)
     features = torch.randn(3, 8, 4, 10)
     temporal = create_attention("temporal", 8, hidden=4)
-    pooled, activity = temporal(features)
-    per_time = features.mean(dim=2)
-    expected = (per_time * activity[:, None]).sum(-1) / (activity.sum(-1, keepdim=True) + 1e-6)
-    torch.testing.assert_close(pooled, expected)
+    with torch.no_grad():
+        pooled, activity = temporal(features)
+        # the detector's own conv output on the frequency-pooled features: one logit per time step
+        detector_logits = temporal.detector(features.mean(dim=2)).squeeze(1).double().numpy()
+    x = features.double().numpy()
+    expected_activity = 1.0 / (1.0 + np.exp(-detector_logits))  # (B, T), each step on its own
+    np.testing.assert_allclose(activity.numpy(), expected_activity, rtol=1e-5, atol=1e-6)
+    # element-wise product with the frequency-pooled features, then a weighted mean over time
+    per_time = x.mean(axis=2)  # (B, C, T)
+    expected = np.einsum("bct,bt->bc", per_time, expected_activity) / expected_activity.sum(axis=1)[:, None]
+    np.testing.assert_allclose(pooled.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_time_frequency_attention_is_a_softmax_over_all_positions():
+    torch.manual_seed(1)
+    features = torch.randn(2, 8, 3, 5)
     tf = create_attention("time_frequency", 8, hidden=4)
-    pooled, weights = tf(features)
-    torch.testing.assert_close(pooled, (features * weights[:, None]).sum(dim=(2, 3)))
+    with torch.no_grad():
+        pooled, weights = tf(features)
+        logits = tf.detector(features)[:, 0].double().numpy()  # (B, F, T)
+    exp = np.exp(logits - logits.max(axis=(1, 2), keepdims=True))
+    expected_weights = exp / exp.sum(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(weights.numpy(), expected_weights, rtol=1e-5, atol=1e-7)
+    expected = np.einsum("bcft,bft->bc", features.double().numpy(), expected_weights)
+    np.testing.assert_allclose(pooled.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_pooling_is_the_mean():
+    features = torch.randn(2, 6, 3, 7, generator=torch.Generator().manual_seed(2))
+    pooled, weights = create_attention("mean", 6)(features)
+    np.testing.assert_allclose(pooled.numpy(), features.double().numpy().mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights.numpy(), np.full((2, 3, 7), 1 / 21), rtol=1e-6)
+
+
+def test_model_temporal_attention_comes_from_its_detector_on_the_stride_16_map(model):
+    images = model.normalize(torch.rand(2, 3, 64, 160, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        out = model(images)
+        aux, _ = model.backbone(images)  # the stride-16 map, straight from timm
+        logits = model.aux_attention.detector(aux.mean(dim=2)).squeeze(1).double().numpy()
+    assert aux.shape[-1] == 10 and out.temporal_attention.shape == (2, 10)
+    np.testing.assert_allclose(out.temporal_attention.numpy(), 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
 
 
 def test_registry_and_cli_choices_agree():
@@ -59,10 +95,15 @@ def test_other_attention_choices(main, aux):
     assert out.logits.shape == (1, 3)
 
 
-def test_normalisation_uses_timm_pretrained_cfg(model):
-    cfg = model.backbone.pretrained_cfg
-    torch.testing.assert_close(model.mean.flatten(), torch.tensor(cfg["mean"], dtype=torch.float32))
-    torch.testing.assert_close(model.std.flatten(), torch.tensor(cfg["std"], dtype=torch.float32))
+def test_normalisation_is_timms_mean_and_std(model):
+    import timm
+    from torchvision.transforms.functional import normalize
+
+    data = timm.data.resolve_model_data_config(timm.create_model(BACKBONE, pretrained=False))
+    assert data["mean"] != (0.5, 0.5, 0.5)  # ImageNet's statistics, not the fallback
+    images = torch.rand(2, 3, 8, 12, generator=torch.Generator().manual_seed(4))
+    expected = normalize(images, mean=list(data["mean"]), std=list(data["std"]))
+    torch.testing.assert_close(model.normalize(images), expected)
 
 
 def test_backbone_without_stride_32_is_refused():

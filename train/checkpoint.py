@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.config import UserError
+
 CHECKPOINT_VERSION = 1
+
+# what torch.load raises for a file that is not a (complete) torch checkpoint
+UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError)
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,13 +70,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises:
+        UserError: no file at ``path``, or a file that is not a Soundception checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except UNREADABLE as error:
+        raise UserError(f"{path} is not a readable torch checkpoint ({type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("checkpoint_version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a Soundception checkpoint (version {CHECKPOINT_VERSION})")
+        raise UserError(f"{path} is not a Soundception checkpoint (version {CHECKPOINT_VERSION})")
     return payload
 
 

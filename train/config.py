@@ -1,7 +1,8 @@
 """The frozen run config: every training option, written to ``run_config.json`` and every checkpoint.
 
 Things that describe the data (number of classes, class names, image height, pixels per second)
-are not here: they come from the store's own metadata.
+are not here: they come from the store's own metadata. This module imports no torch, so the
+command line can take its defaults from here and ``soundception train --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -10,11 +11,32 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from train.augment import AugmentConfig
+from shared.text import check_known_keys
+
+if TYPE_CHECKING:
+    from shared.config import FeaturizerConfig
+    from train.augment import AugmentConfig
 
 OPTIMIZERS = ("adamw", "sgd")
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for: an option, a store, a run folder, a checkpoint or a
+    weights file that does not fit. The command line reports it in one line; anything else is a bug
+    and keeps its traceback."""
+
+
+def crop_width_px(crop_seconds: float, config: FeaturizerConfig) -> int:
+    """Window width in px for ``crop_seconds`` at the store's scale (2,990 px for 15 s at 299 px / 1.5 s)."""
+    return max(32, int(round(crop_seconds * config.pixels_per_second)))
+
+
+def _default_augment() -> AugmentConfig:
+    from train.augment import AugmentConfig  # imports torch: kept out of the command line's --help
+
+    return AugmentConfig()
 
 
 @dataclass(frozen=True)
@@ -62,7 +84,7 @@ class RunConfig:
     accumulation: int = 1
     aux_weight: float = 0.4
     multilabel: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=_default_augment)
     num_workers: int = 2
     device: str = "auto"
     compile: bool = False
@@ -74,13 +96,23 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise UserError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.crop_seconds <= 0:
-            raise ValueError(f"crop_seconds must be > 0 s, got {self.crop_seconds}")
+            raise UserError(f"crop_seconds must be > 0 s, got {self.crop_seconds}")
         if self.accumulation < 1:
-            raise ValueError("accumulation must be >= 1")
+            raise UserError("accumulation must be >= 1")
         if self.stage1.steps < 0 or self.stage2.steps < 0 or self.total_steps == 0:
-            raise ValueError("stage steps must be >= 0 and not both 0")
+            raise UserError("stage steps must be >= 0 and not both 0")
+        if self.stage1.batch_size < 1 or self.stage2.batch_size < 1:
+            raise UserError("batch sizes must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention_hidden < 1:
+            raise UserError(f"attention_hidden must be >= 1, got {self.attention_hidden}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.eval_max_files is not None and self.eval_max_files < 1:
+            raise UserError(f"eval_max_files must be >= 1 (or None for all), got {self.eval_max_files}")
 
     @property
     def total_steps(self) -> int:
@@ -98,12 +130,11 @@ class RunConfig:
         return json.loads(json.dumps(data))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        from train.augment import AugmentConfig
+
+        check_known_keys(data, (f.name for f in dataclasses.fields(cls)), "run config")
         values = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown run config keys: {sorted(unknown)}")
         for stage in ("stage1", "stage2"):
             if isinstance(values.get(stage), dict):
                 values[stage] = StageConfig(**values[stage])

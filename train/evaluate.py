@@ -16,20 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.config import FeaturizerConfig
 from shared.reader import FeatureStore
 from train import metrics
 from train.augment import to_float
 from train.checkpoint import load_checkpoint
-from train.config import RunConfig
-from train.dataset import Split
-from train.model import Soundception
+from train.config import RunConfig, UserError, crop_width_px
+from train.dataset import Split, trainable_indices
+from train.model import build_model
 from train.runtime import autocast, resolve_device
-
-
-def crop_width_px(crop_seconds: float, config: FeaturizerConfig) -> int:
-    """Window width in px for ``crop_seconds`` at the store's scale (2,990 px for 15 s at 299 px / 1.5 s)."""
-    return max(32, int(round(crop_seconds * config.pixels_per_second)))
 
 
 def window_starts(n_frames: int, width: int) -> list[int]:
@@ -38,12 +32,6 @@ def window_starts(n_frames: int, width: int) -> list[int]:
         return [0]
     starts = list(range(0, n_frames - width, width))
     return starts + [n_frames - width]
-
-
-def build_model(config: RunConfig, n_classes: int) -> Soundception:
-    """The model a run config describes (random weights)."""
-    return Soundception(config.backbone, n_classes, main_attention=config.main_attention,
-                        aux_attention=config.aux_attention, hidden=config.attention_hidden, dropout=config.dropout)
 
 
 @torch.no_grad()
@@ -108,21 +96,19 @@ def evaluate(checkpoint: str | Path, store_url: str, *, out: str | Path | None =
     store = FeatureStore(store_url, storage_options)
     classes = json.loads(payload["classes"])
     if store.classes != classes:
-        raise ValueError(f"{store_url} has classes {store.classes[:5]}..., the checkpoint was trained on "
+        raise UserError(f"{store_url} has classes {store.classes[:5]}..., the checkpoint was trained on "
                          f"{classes[:5]}... ({len(classes)} classes)")
     if store.config_hash != payload["config_hash"]:
-        raise ValueError(f"{store_url} was featurized with config {store.config_hash}, the checkpoint expects "
+        raise UserError(f"{store_url} was featurized with config {store.config_hash}, the checkpoint expects "
                          f"{payload['config_hash']}: the images would not look like the training images")
     if files == "validation":
         split = Split.from_dict(json.loads(payload["split"]))
         split.check_against(store)
         indices = list(split.validation)
     elif files == "all":
-        from train.dataset import trainable_indices
-
         indices = trainable_indices(store).tolist()
     else:
-        raise ValueError(f"files must be 'validation' or 'all', got {files!r}")
+        raise UserError(f"files must be 'validation' or 'all', got {files!r}")
     chosen = resolve_device(device)
     model = build_model(config, len(classes))
     model.load_state_dict(payload["model"])

@@ -5,6 +5,11 @@ everything. Every random draw of step ``s`` (which windows, augmentation, dropou
 from ``(seed, s)``, so ``resume=True`` continues exactly where the last checkpoint stopped: the
 same loss at the same step as an uninterrupted run.
 
+The pieces, in the order :func:`train` calls them: :func:`set_up` (store, split, run folder,
+model), :func:`run_stage` (one stage: optimizer, schedule, loader, its steps), :func:`train_step`
+(one optimizer step over ``accumulation`` micro-batches from :func:`get_batch`), :func:`validate`
+and :func:`save`. The learning rate of each step is :func:`train.optim.warmup_cosine`.
+
 Run folder::
 
     run_config.json  split.json  metrics.jsonl  curves.png  checkpoints/last.pt
@@ -14,30 +19,58 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from shared.progress import Progress
 from shared.reader import FeatureStore
 from train import runtime as rt
 from train.augment import augment_batch, read_width
 from train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import RunConfig
+from train.config import RunConfig, StageConfig, UserError, crop_width_px
 from train.curves import plot_curves, read_metrics
 from train.dataset import Split, WindowDataset, WindowSampler, make_loader, split_files
-from train.evaluate import build_model, crop_width_px, evaluate_model
+from train.evaluate import evaluate_model
 from train.loss import soundception_loss
-from train.model import Soundception, count_parameters
+from train.model import Soundception, build_model, count_parameters
 from train.optim import create_optimizer, create_scheduler
 from train.weights import load_backbone_weights
 
 # options that may change on --resume without changing the result
 RESUMABLE_CHANGES = {"store", "storage_options", "num_workers", "device", "compile", "log_every", "eval_every",
                      "checkpoint_every", "eval_batch_size", "eval_max_files"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What :func:`set_up` prepares once and every stage uses."""
+
+    config: RunConfig
+    runtime: rt.Runtime
+    store: FeatureStore
+    split: Split
+    model: Soundception
+    crop_width: int  # px fed to the model
+    window_width: int  # px read from the store (room for the augmentation's dilation)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def validation(self) -> tuple[int, ...]:
+        """The validation files evaluated during training (at most ``eval_max_files``)."""
+        return self.split.validation[: self.config.eval_max_files]
 
 
 def derived_seed(seed: int, step: int, *keys: int) -> int:
@@ -53,23 +86,249 @@ def set_stage_mode(model: Soundception, train_backbone: bool) -> None:
         model.backbone.eval()
 
 
-def _check_resume(saved: RunConfig, new: RunConfig) -> None:
-    a, b = saved.to_dict(), new.to_dict()
-    changed = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES]
+# ---------------------------------------------------------------------------------------------- set-up
+
+
+def set_up(config: RunConfig, *, resume: bool) -> tuple[Run, dict[str, Any] | None]:
+    """Open the store, choose the split, write the run folder and build the model.
+
+    Returns the run and, with ``resume``, the checkpoint it continues from.
+    """
+    runtime = rt.start(config.device)
+    store = FeatureStore(config.store, config.storage_options)
+    if not store.classes:
+        raise UserError(f"{config.store} has no classes: featurize it with labels")
+    payload = resumed_checkpoint(config, store) if resume else None
+    if payload is None and latest_checkpoint(config.out) is not None:
+        raise UserError(f"{config.out} already holds a checkpoint; pass --resume or choose another --out")
+    if payload is not None:
+        split = Split.from_dict(json.loads(payload["split"]))
+        split.check_against(store)
+    else:
+        split = split_files(store, validation_fraction=config.validation_fraction, seed=config.seed)
+    model = initial_model(config, len(store.classes), payload, runtime.device)  # a bad backbone fails here
+    if runtime.is_main:
+        write_run_folder(config, split, resumed_step=None if payload is None else int(payload["step"]))
+    crop_width = crop_width_px(config.crop_seconds, store.config)
+    run = Run(config=config, runtime=runtime, store=store, split=split, model=model, crop_width=crop_width,
+              window_width=read_width(crop_width, config.augment))
+    return run, payload
+
+
+def resumed_checkpoint(config: RunConfig, store: FeatureStore) -> dict[str, Any]:
+    """The run's last checkpoint, after checking that it was made with these options and this store."""
+    path = latest_checkpoint(config.out)
+    if path is None:
+        raise UserError(f"--resume: no checkpoint in {Path(config.out) / 'checkpoints'}")
+    payload = load_checkpoint(path)
+    saved, new = RunConfig.from_dict(json.loads(payload["run_config"])).to_dict(), config.to_dict()
+    changed = [f"{k}: {saved[k]!r} -> {new[k]!r}" for k in saved if saved[k] != new[k] and k not in RESUMABLE_CHANGES]
     if changed:
-        raise ValueError("cannot resume with different training options (start a new --out instead):\n  "
-                         + "\n  ".join(changed))
+        raise UserError("cannot resume with different training options (start a new --out instead):\n  "
+                        + "\n  ".join(changed))
+    if payload["config_hash"] != store.config_hash or json.loads(payload["classes"]) != store.classes:
+        raise UserError(f"{config.store} is not the store this run was trained on (config or classes differ)")
+    return payload
 
 
-def _append(path: Path, record: dict[str, Any]) -> None:
+def write_run_folder(config: RunConfig, split: Split, *, resumed_step: int | None) -> None:
+    """``run_config.json`` and ``split.json``; metrics logged after the resumed step are forgotten."""
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.write(run_dir / "run_config.json")
+    (run_dir / "split.json").write_text(json.dumps(split.to_dict(), indent=1) + "\n")
+    metrics_path = run_dir / "metrics.jsonl"
+    # a fresh run keeps no records of an earlier, checkpoint-less attempt; a resumed one drops the
+    # interrupted tail after its checkpoint
+    kept = [] if resumed_step is None else [r for r in read_metrics(metrics_path) if r.get("step", 0) <= resumed_step]
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def initial_model(config: RunConfig, n_classes: int, payload: dict[str, Any] | None,
+                  device: torch.device) -> Soundception:
+    """The model at the run's first step: seeded random heads and the pretrained backbone, or the checkpoint."""
+    torch.manual_seed(derived_seed(config.seed, 0, 0, 0))  # initial weights of the heads
+    model = build_model(config, n_classes)
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        set_rng_state(payload["rng"])
+    elif config.pretrained:
+        print(load_backbone_weights(model.backbone, config.backbone, config.pretrained).line())
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- one step
+
+
+def get_batch(run: Run, batches: Iterator[dict[str, torch.Tensor]], step: int, global_micro: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next micro-batch, augmented and normalised on the device.
+
+    Returns images ``(B, 3, H, crop_width)`` float, labels ``(B,)`` int64 and multi-label targets
+    ``(B, n_classes)`` float (main and background species). The augmentation depends on
+    ``(seed, step, global_micro)`` only.
+    """
+    batch = next(batches)
+    device = run.runtime.device
+    generator = torch.Generator(device=device).manual_seed(derived_seed(run.config.seed, step, 2, global_micro))
+    images, _ = augment_batch(batch["image"].to(device, non_blocking=True), crop_width=run.crop_width,
+                              config=run.config.augment, generator=generator)
+    images = run.model.normalize(images)
+    if run.runtime.cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch["label"].to(device, non_blocking=True), batch["target"].to(device, non_blocking=True)
+
+
+def train_step(run: Run, runner: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batches: Iterator[dict[str, torch.Tensor]], sampler: WindowSampler, step: int) -> dict[str, float]:
+    """One optimizer step over ``accumulation`` micro-batches; returns the losses averaged over them.
+
+    Keys: ``loss`` (``loss_main + aux_weight * loss_aux``), ``loss_main``, ``loss_aux``.
+    """
+    config = run.config
+    optimizer.zero_grad(set_to_none=True)
+    losses = {"loss": 0.0, "loss_main": 0.0, "loss_aux": 0.0}
+    for micro in range(config.accumulation):
+        # DDP over W ranks draws the micro-batches one process accumulating W times as many would
+        global_micro = sampler.global_micro_batch(micro)
+        images, labels, targets = get_batch(run, batches, step, global_micro)
+        torch.manual_seed(derived_seed(config.seed, step, 1, global_micro))  # dropout
+        # under DDP the gradients are all-reduced once, in the last micro-batch's backward
+        skip_sync = run.runtime.distributed and micro < config.accumulation - 1 and hasattr(runner, "no_sync")
+        with (runner.no_sync() if skip_sync else nullcontext()), rt.autocast(run.runtime.device):
+            loss, parts = soundception_loss(runner(images), labels, targets, aux_weight=config.aux_weight,
+                                            multilabel=config.multilabel)
+        (loss / config.accumulation).backward()
+        for key, value in {"loss": float(loss.detach()), **parts}.items():
+            losses[key] += value / config.accumulation
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], config.grad_clip)
+    optimizer.step()
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------- one stage
+
+
+def stage_optimizer(run: Run, stage: StageConfig, resumed: dict[str, Any] | None
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The stage's optimizer and schedule; ``resumed``: a checkpoint inside this stage to restore them from."""
+    config = run.config
+    optimizer = create_optimizer(run.model, config.optimizer, lr=stage.lr, weight_decay=config.weight_decay)
+    scheduler = create_scheduler(optimizer, warmup_steps=stage.warmup_steps, total_steps=stage.steps,
+                                 min_lr_ratio=config.min_lr_ratio)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+    return optimizer, scheduler
+
+
+def wrap_model(run: Run) -> torch.nn.Module:
+    """The model as the steps call it: under DDP and/or ``torch.compile`` when asked."""
+    runner: torch.nn.Module = run.model
+    if run.runtime.distributed:
+        device = run.runtime.device
+        runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[device.index] if run.runtime.cuda
+                                                           else None)
+    if run.config.compile:
+        runner = torch.compile(runner)
+    return runner
+
+
+def stage_batches(run: Run, stage: StageConfig, step: int, stage_end: int
+                  ) -> tuple[WindowSampler, Iterator[dict[str, torch.Tensor]]]:
+    """The sampler of the stage's steps ``[step, stage_end)`` and the loader's iterator over its micro-batches."""
+    config, runtime = run.config, run.runtime
+    sampler = WindowSampler(run.store, np.array(run.split.train), batch_size=stage.batch_size,
+                            read_width=run.window_width, seed=config.seed, start_step=step, stop_step=stage_end,
+                            accumulation=config.accumulation, balanced=config.balanced, rank=runtime.rank,
+                            world_size=runtime.world_size)
+    loader = make_loader(WindowDataset(run.store, width=run.window_width), sampler, num_workers=config.num_workers,
+                         pin_memory=runtime.cuda)
+    return sampler, iter(loader)
+
+
+def run_stage(run: Run, step: int, stop_step: int, *, payload: dict[str, Any] | None, progress: bool
+              ) -> tuple[int, float, Path | None]:
+    """Train from global ``step`` to the end of its stage (or ``stop_step``).
+
+    Returns the next step, the last step's loss and the last checkpoint written (``None`` if none).
+    """
+    config, runtime = run.config, run.runtime
+    stage_number, stage, stage_start = config.stage_at(step)
+    stage_end = stage_start + stage.steps
+    set_stage_mode(run.model, stage.train_backbone)
+    inside = payload is not None and int(payload["stage"]) == stage_number and step > stage_start
+    optimizer, scheduler = stage_optimizer(run, stage, payload if inside else None)
+    runner = wrap_model(run)
+    sampler, batches = stage_batches(run, stage, step, stage_end)
+    samples_per_step = stage.batch_size * config.accumulation * runtime.world_size
+    if runtime.is_main:
+        print(f"stage {stage_number}: steps {step}..{stage_end - 1}, batch {stage.batch_size} x "
+              f"{config.accumulation} x {runtime.world_size}, {count_parameters(run.model, True):,} trainable "
+              f"parameters, crop {run.crop_width} px ({config.crop_seconds} s) on {runtime.device}")
+    bar = Progress(stage_end - step, desc=f"stage {stage_number}", unit="step",
+                   disable=not (progress and runtime.is_main))
+    first_step, loss, path = step, float("nan"), None
+    logged_at, logged_step = time.perf_counter(), step
+    while step < min(stage_end, stop_step):
+        losses = train_step(run, runner, optimizer, batches, sampler, step)
+        scheduler.step()
+        step, loss = step + 1, losses["loss"]
+        bar.update(step - first_step)
+        if runtime.is_main and (step % config.log_every == 0 or step == stage_end):
+            rate = (step - logged_step) * samples_per_step / max(time.perf_counter() - logged_at, 1e-9)
+            append_record(run.metrics_path, {"kind": "train", "step": step, "stage": stage_number, **losses,
+                                             "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
+            bar.set_postfix(f"loss {loss:.3f}, {rate:.1f} samples/s")
+            logged_at, logged_step = time.perf_counter(), step
+        if config.eval_every > 0 and step % config.eval_every == 0 and step < config.total_steps:
+            result = validate(run, step)
+            if result:
+                print(f"step {step}: validation MAP {result['map']:.3f}, top-1 {result['top1']:.3f}")
+            set_stage_mode(run.model, stage.train_backbone)  # evaluation switched the model to eval mode
+        if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 or step == stop_step:
+            path = save(run, step, stage_number, optimizer, scheduler)
+    bar.close()
+    return step, loss, path
+
+
+# ---------------------------------------------------------------------------------------------- evaluation, saving
+
+
+def validate(run: Run, step: int) -> dict[str, float]:
+    """Metrics on the validation files, logged; computed on rank 0 (``{}`` elsewhere or without files)."""
+    result: dict[str, float] = {}
+    if run.runtime.is_main and run.validation:
+        result = evaluate_model(run.model, run.store, run.validation, crop_width=run.crop_width,
+                                device=run.runtime.device, batch_size=run.config.eval_batch_size)
+        append_record(run.metrics_path, {"kind": "eval", "step": step, **result})
+    rt.barrier(run.runtime)  # the other ranks wait here, not inside the next all-reduce
+    return result
+
+
+def save(run: Run, step: int, stage_number: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path | None:
+    """Write ``checkpoints/last.pt`` (rank 0 only): everything needed to resume at ``step``."""
+    if not run.runtime.is_main:
+        return None
+    store = run.store
+    return save_checkpoint(run.run_dir / "checkpoints" / "last.pt", {
+        "model": run.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": step, "stage": stage_number, "rng": rng_state(), "split": json.dumps(run.split.to_dict()),
+        "classes": json.dumps(store.classes), "class_names": json.dumps(store.class_names),
+        "featurizer_config": json.dumps(store.config.to_dict()), "config_hash": store.config_hash,
+        "run_config": json.dumps(run.config.to_dict())})
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
-def _drop_records_from(path: Path, step: int) -> None:
-    """Forget metrics logged after the checkpoint we resume from (the interrupted tail)."""
-    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+# ---------------------------------------------------------------------------------------------- the run
 
 
 def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
@@ -80,173 +339,28 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
     existing checkpoint there is an error (nothing is overwritten by accident). ``stop_at`` ends
     this invocation after that global step with a checkpoint (a time-limited job; resume later).
     """
-    runtime = rt.start(config.device)
-    device = runtime.device
-    run_dir = Path(config.out)
-    metrics_path = run_dir / "metrics.jsonl"
-    store = FeatureStore(config.store, config.storage_options)
-    classes = store.classes
-    if not classes:
-        raise ValueError(f"{config.store} has no classes: featurize it with labels")
-    crop_width = crop_width_px(config.crop_seconds, store.config)
-    window_width = read_width(crop_width, config.augment)
-
-    payload = None
-    existing = latest_checkpoint(run_dir)
-    if resume:
-        if existing is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        payload = load_checkpoint(existing)
-        _check_resume(RunConfig.from_dict(json.loads(payload["run_config"])), config)
-        if payload["config_hash"] != store.config_hash or json.loads(payload["classes"]) != classes:
-            raise ValueError(f"{config.store} is not the store this run was trained on (config or classes differ)")
-        split = Split.from_dict(json.loads(payload["split"]))
-        split.check_against(store)
-    elif existing is not None:
-        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume or choose another --out")
-    else:
-        split = split_files(store, validation_fraction=config.validation_fraction, seed=config.seed)
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.write(run_dir / "run_config.json")
-        (run_dir / "split.json").write_text(json.dumps(split.to_dict(), indent=1) + "\n")
-        if payload is not None:
-            _drop_records_from(metrics_path, int(payload["step"]))
-        else:
-            metrics_path.write_text("")  # a fresh run: no records of an earlier, checkpoint-less attempt
-
-    torch.manual_seed(derived_seed(config.seed, 0, 0, 0))  # initial weights of the heads
-    model = build_model(config, len(classes))
-    if config.pretrained and payload is None:
-        report = load_backbone_weights(model.backbone, config.backbone, config.pretrained)
-        print(report.line())
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        set_rng_state(payload["rng"])
-    model.to(device)
-    if runtime.cuda:
-        model.to(memory_format=torch.channels_last)
-    step = int(payload["step"]) if payload is not None else 0
-    validation = split.validation if config.eval_max_files is None else split.validation[: config.eval_max_files]
-    last_loss, last_eval = float("nan"), {}
-
-    def checkpoint(stage_number: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path | None:
-        if not runtime.is_main:
-            return None
-        return save_checkpoint(run_dir / "checkpoints" / "last.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "step": step, "stage": stage_number, "rng": rng_state(), "split": json.dumps(split.to_dict()),
-            "classes": json.dumps(classes), "class_names": json.dumps(store.class_names),
-            "featurizer_config": json.dumps(store.config.to_dict()), "config_hash": store.config_hash,
-            "run_config": json.dumps(config.to_dict())})
-
-    def validate() -> dict[str, float]:
-        result: dict[str, float] = {}
-        if runtime.is_main and validation:
-            result = evaluate_model(model, store, validation, crop_width=crop_width, device=device,
-                                    batch_size=config.eval_batch_size)
-            _append(metrics_path, {"kind": "eval", "step": step, **result})
-        rt.barrier(runtime)  # the other ranks wait here, not inside the next all-reduce
-        return result
-
-    path = None
+    run, payload = set_up(config, resume=resume)
+    step = 0 if payload is None else int(payload["step"])
     stop_step = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+    loss, path = float("nan"), None
     while step < stop_step:
-        stage_number, stage, stage_start = config.stage_at(step)
-        stage_end = stage_start + stage.steps
-        set_stage_mode(model, stage.train_backbone)
-        optimizer = create_optimizer(model.parameters(), config.optimizer, lr=stage.lr,
-                                     weight_decay=config.weight_decay)
-        scheduler = create_scheduler(optimizer, warmup_steps=stage.warmup_steps, total_steps=stage.steps,
-                                     min_lr_ratio=config.min_lr_ratio)
-        if payload is not None and int(payload["stage"]) == stage_number and step > stage_start:
-            optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
-        runner: torch.nn.Module = model
-        if runtime.distributed:
-            runner = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if runtime.cuda else None)
-        if config.compile:
-            runner = torch.compile(runner)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if runtime.is_main:
-            print(f"stage {stage_number}: steps {step}..{stage_end - 1}, batch {stage.batch_size} x "
-                  f"{config.accumulation} x {runtime.world_size}, {count_parameters(model, True):,} trainable "
-                  f"parameters, crop {crop_width} px ({config.crop_seconds} s) on {device}")
-        sampler = WindowSampler(store, np.array(split.train), batch_size=stage.batch_size, read_width=window_width,
-                                seed=config.seed, start_step=step, stop_step=stage_end,
-                                accumulation=config.accumulation, balanced=config.balanced, rank=runtime.rank,
-                                world_size=runtime.world_size)
-        loader = make_loader(WindowDataset(store, width=window_width), sampler, num_workers=config.num_workers,
-                             pin_memory=runtime.cuda)
-        batches = iter(loader)
-        bar = tqdm(total=stage_end - step, desc=f"stage {stage_number}", disable=not (progress and runtime.is_main),
-                   dynamic_ncols=True)
-        window_start, window_samples = time.perf_counter(), 0
-        while step < min(stage_end, stop_step):
-            optimizer.zero_grad(set_to_none=True)
-            parts: dict[str, float] = {"loss_main": 0.0, "loss_aux": 0.0}
-            total = 0.0
-            for micro in range(config.accumulation):
-                batch = next(batches)
-                images = batch["image"].to(device, non_blocking=True)
-                # dropout and augmentation depend on (seed, step, global micro-batch) only: exact resume,
-                # and DDP over W ranks == one process accumulating W times as many micro-batches
-                global_micro = sampler.global_micro_batch(micro)
-                torch.manual_seed(derived_seed(config.seed, step, 1, global_micro))
-                generator = torch.Generator(device=device).manual_seed(derived_seed(config.seed, step, 2, global_micro))
-                images, _ = augment_batch(images, crop_width=crop_width, config=config.augment, generator=generator)
-                images = model.normalize(images)
-                if runtime.cuda:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                labels = batch["label"].to(device, non_blocking=True)
-                targets = batch["target"].to(device, non_blocking=True)
-                sync = runtime.distributed and micro < config.accumulation - 1
-                with (runner.no_sync() if sync and hasattr(runner, "no_sync") else nullcontext()), rt.autocast(device):
-                    output = runner(images)
-                    loss, part = soundception_loss(output, labels, targets, aux_weight=config.aux_weight,
-                                                   multilabel=config.multilabel)
-                (loss / config.accumulation).backward()
-                total += float(loss.detach()) / config.accumulation
-                for key in parts:
-                    parts[key] += part[key] / config.accumulation
-                window_samples += images.shape[0] * runtime.world_size
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            last_loss = total
-            step += 1
-            bar.update(1)
-            if runtime.is_main and (step % config.log_every == 0 or step == stage_end):
-                elapsed = time.perf_counter() - window_start
-                rate = window_samples / max(elapsed, 1e-9)
-                _append(metrics_path, {"kind": "train", "step": step, "stage": stage_number, "loss": total, **parts,
-                                       "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.set_postfix(loss=f"{total:.3f}", samples_s=f"{rate:.1f}")
-                window_start, window_samples = time.perf_counter(), 0
-            if config.eval_every > 0 and step % config.eval_every == 0 and step < config.total_steps:
-                last_eval = validate()
-                if last_eval:
-                    bar.write(f"step {step}: validation MAP {last_eval['map']:.3f}, top-1 {last_eval['top1']:.3f}")
-                set_stage_mode(model, stage.train_backbone)
-            if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 or step == stop_step:
-                path = checkpoint(stage_number, optimizer, scheduler)
-        bar.close()
-        del batches, loader
-        payload = None
-    if step < config.total_steps:  # stopped early on request: no final evaluation
-        rt.stop(runtime)
-        return {"step": step, "loss": last_loss, "validation": {}, "run_dir": str(run_dir), "checkpoint": str(path)}
-    last_eval = validate()
-    if runtime.is_main:
-        if last_eval:
-            print(f"final validation: MAP {last_eval['map']:.3f} (with background {last_eval['map_background']:.3f}), "
-                  f"top-1 {last_eval['top1']:.3f}, top-5 {last_eval['top5']:.3f}, class mAP {last_eval['class_map']:.3f}; "
-                  f"a random ranking scores MAP {last_eval['chance_map']:.3f}")
-        plot_curves(metrics_path, run_dir / "curves.png")
-    rt.barrier(runtime)
-    rt.stop(runtime)
-    return {"step": step, "loss": last_loss, "validation": last_eval, "run_dir": str(run_dir),
-            "checkpoint": str(path or latest_checkpoint(run_dir) or "")}
+        step, loss, stage_path = run_stage(run, step, stop_step, payload=payload, progress=progress)
+        path, payload = stage_path or path, None
+    validation: dict[str, float] = {}
+    if step == config.total_steps:  # not stopped early on request: the final evaluation
+        validation = validate(run, step)
+        if run.runtime.is_main:
+            print_final(validation)
+            plot_curves(run.metrics_path, run.run_dir / "curves.png")
+        rt.barrier(run.runtime)
+        path = path or latest_checkpoint(run.run_dir)
+    rt.stop(run.runtime)
+    return {"step": step, "loss": loss, "validation": validation, "run_dir": str(run.run_dir),
+            "checkpoint": str(path or "")}
 
+
+def print_final(validation: dict[str, float]) -> None:
+    if validation:
+        print(f"final validation: MAP {validation['map']:.3f} (with background {validation['map_background']:.3f}), "
+              f"top-1 {validation['top1']:.3f}, top-5 {validation['top5']:.3f}, class mAP "
+              f"{validation['class_map']:.3f}; a random ranking scores MAP {validation['chance_map']:.3f}")

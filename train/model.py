@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from train.attention import create_attention
+from train.config import RunConfig, UserError
 
 AUX_REDUCTION, MAIN_REDUCTION = 16, 32
 
@@ -43,6 +44,8 @@ def _feature_indices(backbone: str) -> tuple[int, int]:
     """Indices of the stride-16 and stride-32 levels in timm's default feature list."""
     import timm
 
+    if not timm.is_model(backbone):
+        raise UserError(f"unknown timm model {backbone!r} (see timm.list_models())")
     # pretrained_cfg / feature_info are known without building weights for most models, but the
     # only portable way is to ask the feature wrapper; building on the meta device is cheap.
     with torch.device("meta"):
@@ -50,7 +53,7 @@ def _feature_indices(backbone: str) -> tuple[int, int]:
     reductions = list(probe.feature_info.reduction())
     missing = [r for r in (AUX_REDUCTION, MAIN_REDUCTION) if r not in reductions]
     if missing:
-        raise ValueError(f"backbone {backbone!r} has feature strides {reductions}; Soundception needs "
+        raise UserError(f"backbone {backbone!r} has feature strides {reductions}; Soundception needs "
                          f"stride-{AUX_REDUCTION} and stride-{MAIN_REDUCTION} feature maps")
     # the last level of each stride (inception_v4: the end of the Inception-B / C stacks)
     aux = max(i for i, r in enumerate(reductions) if r == AUX_REDUCTION)
@@ -115,6 +118,12 @@ class Soundception(nn.Module):
         if images.ndim != 4:
             raise ValueError(f"expected images (batch, channels, height, width), got shape {tuple(images.shape)}")
         return self.forward_head(*self.forward_features(images))
+
+
+def build_model(config: RunConfig, n_classes: int) -> Soundception:
+    """The model a run config describes (random weights; ``n_classes`` comes from the store)."""
+    return Soundception(config.backbone, n_classes, main_attention=config.main_attention,
+                        aux_attention=config.aux_attention, hidden=config.attention_hidden, dropout=config.dropout)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

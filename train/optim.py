@@ -8,23 +8,27 @@ only plain numbers (so checkpoints load with ``weights_only=True``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
+from timm.optim import param_groups_weight_decay
 
 from train.config import OPTIMIZERS
 
 
-def create_optimizer(parameters: Iterable[torch.nn.Parameter], name: str, *, lr: float,
-                     weight_decay: float) -> torch.optim.Optimizer:
-    """``adamw`` (default) or ``sgd`` (momentum 0.9, Nesterov) over the trainable ``parameters``."""
-    parameters = [p for p in parameters if p.requires_grad]
-    if not parameters:
+def create_optimizer(model: torch.nn.Module, name: str, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``adamw`` (default) or ``sgd`` (momentum 0.9, Nesterov) over ``model``'s trainable parameters.
+
+    Weight decay applies to weight matrices and convolution kernels only: norm-layer weights and
+    every bias (all parameters of one dimension or fewer) are left undecayed, grouped by timm's
+    ``param_groups_weight_decay`` as timm's own training script does.
+    """
+    groups = param_groups_weight_decay(model, weight_decay)  # skips parameters without requires_grad
+    if not groups:
         raise ValueError("no trainable parameters")
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr)
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from train.config import UserError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -38,10 +40,20 @@ class Runtime:
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local CUDA device when present, else CPU; any other name is used as given."""
+    """``auto`` -> the local CUDA device when present, else CPU; any other name is used as given.
+
+    Raises:
+        UserError: a name torch does not know, or a CUDA device on a machine without one.
+    """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here (use auto or cpu)")
+    return device
 
 
 def start(device: str = "auto") -> Runtime:
@@ -53,7 +65,7 @@ def start(device: str = "auto") -> Runtime:
     chosen = resolve_device(device, local_rank)
     if chosen.type == "cuda":
         if device not in ("auto", "cuda"):
-            raise ValueError(f"--device {device} under torchrun: use auto or cuda (each rank takes cuda:LOCAL_RANK)")
+            raise UserError(f"--device {device} under torchrun: use auto or cuda (each rank takes cuda:LOCAL_RANK)")
         chosen = torch.device(f"cuda:{local_rank}")
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():

@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
+from train.checkpoint import UNREADABLE
+from train.config import UserError
 
-class WeightsMismatch(ValueError):
+
+class WeightsMismatch(UserError):
     """A checkpoint does not fit the backbone (missing, unexpected or wrongly shaped tensors)."""
 
 
@@ -42,13 +47,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raise UserError(f"no weights file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (*UNREADABLE, SafetensorError) as error:
+        raise UserError(f"{path} is not a readable weights file ({type(error).__name__})") from None
     for wrapper in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
