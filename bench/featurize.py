@@ -189,7 +189,7 @@ def dask_run(audio: Path, store: Path, workers: int, *, dask_malloc: bool = Fals
     """
     from distributed import Client, LocalCluster
 
-    from featurize.pipeline import featurize_store, local_client
+    from featurize.pipeline import featurize_store, local_client, prepare_worker
 
     if dask_malloc:
         saved = dict(os.environ)  # dask's nannies leave their variables in this process's environment
@@ -199,7 +199,7 @@ def dask_run(audio: Path, store: Path, workers: int, *, dask_malloc: bool = Fals
     else:
         client = local_client(workers, dashboard_address=None)
     with client.cluster, client:
-        client.run(lambda: __import__("featurize.pipeline"))  # steady state
+        client.run(prepare_worker)  # imports done, as on the local cluster: steady state
         before = sum(client.run(time.process_time).values())
         wall = time.perf_counter()
         summary = featurize_store(audio, str(store), labels="none", client=client)

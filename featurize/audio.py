@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from shared.text import one_line
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma")
 _BLOCK_FRAMES = 1 << 16  # source frames per decode block (what a corrupt block can cost)
 
@@ -29,11 +31,6 @@ class Decoded(NamedTuple):
     samples: np.ndarray
     duration: float
     warning: str = ""
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 def _resampler(source_rate: float, target_rate: int):
@@ -83,7 +80,8 @@ def _decode_soundfile(path: Path, sample_rate: int) -> Decoded:
             except Exception as error:  # corrupt or truncated stream: keep what decoded cleanly
                 if n_source == 0:
                     raise
-                warning = f"truncated or corrupt after {n_source / source_rate:.1f} s ({_one_line(error)}); kept that part"
+                kept = n_source / source_rate
+                warning = f"truncated or corrupt after {kept:.1f} s ({one_line(error)}); kept that part"
                 break
             if block.shape[0] == 0:
                 break
@@ -138,7 +136,7 @@ def decode(path: str | Path, *, sample_rate: int) -> Decoded:
             decoded = _decode_audioread(path, sample_rate)
         except Exception as second:
             raise DecodeError(
-                f"cannot decode audio: soundfile: {_one_line(first)}; audioread: {_one_line(second)}"
+                f"cannot decode audio: soundfile: {one_line(first)}; audioread: {one_line(second)}"
             ) from None
     if decoded.samples.size == 0:
         raise DecodeError("no audio samples (0 frames)")

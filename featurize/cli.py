@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
-import json
-import sys
+from typing import Any
 
 import click
 
-from shared.config import FeaturizerConfig
+from shared.config import RESIZE_METHODS, FeaturizerConfig
+from shared.text import parse_json_option
 
 _DEFAULT = FeaturizerConfig()
 
 
-def _storage_options(text: str | None) -> dict | None:
-    if not text:
-        return None
+def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -> dict | None:
+    """Click callback: the option's JSON object (or None); a one-line usage error otherwise."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise click.BadParameter(f"not JSON: {error}") from None
+        return parse_json_option(text, param.opts[0])
+    except ValueError as error:
+        raise click.UsageError(str(error), ctx) from None
+
+
+def _start_client(scheduler: str | None, workers: int | None, dashboard: bool) -> Any:
+    """A dask client on ``scheduler``, or on a new local cluster; prints where to watch it."""
+    if scheduler:
+        from distributed import Client
+
+        client = Client(scheduler)
+    else:
+        from featurize.pipeline import local_client
+
+        client = local_client(workers, dashboard_address=":0" if dashboard else None)
+    # without a dashboard the link still names the scheduler's plain HTTP port, so say so instead
+    where = f"dask dashboard: {client.dashboard_link}" if scheduler or dashboard else "dask: local cluster"
+    hint = "" if scheduler or dashboard else "; --dashboard to watch it"
+    click.echo(f"{where}  ({len(client.scheduler_info()['workers'])} workers){hint}")
+    return client
+
+
+def _stop_client(client: Any, *, own_cluster: bool) -> None:
+    """Close ``client``, and its cluster when this command started it (a ``--scheduler`` is left running)."""
+    cluster = client.cluster
+    client.close()
+    if cluster is not None and own_cluster:
+        cluster.close()
 
 
 @click.command("featurize")
@@ -32,68 +56,69 @@ def _storage_options(text: str | None) -> dict | None:
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, default=None, help="Local cluster worker processes [default: CPU cores].")
 @click.option("--serial", is_flag=True, help="No dask: featurize in this process (debugging).")
+@click.option("--dashboard", is_flag=True,
+              help="Serve the local cluster's dask dashboard and print its address (adds about 0.8 s of start-up).")
 @click.option("--retry-failed", is_flag=True, help="Featurize files that failed in an earlier run again.")
 @click.option("--new-audio-root", is_flag=True, help="The store's recordings moved to AUDIO_DIR: accept the new path.")
 @click.option("--min-duration", type=float, default=_DEFAULT.min_duration, show_default=True,
               help="Seconds; shorter clips are self-concatenated.")
-@click.option("--hop-length", type=int, default=_DEFAULT.hop_length, show_default=True, help="STFT hop, samples.")
+@click.option("--hop-lengths", type=(int, int, int), default=_DEFAULT.hop_lengths, show_default=True,
+              help="STFT hop per FFT window (128, 512, 2048), samples.")
+@click.option("--time-resize", type=click.Choice(RESIZE_METHODS), default=_DEFAULT.time_resize, show_default=True,
+              help="Frames -> columns: loudest frame in each column (max), their mean (area), or bilinear.")
+@click.option("--frequency-resize", type=click.Choice(RESIZE_METHODS), default=_DEFAULT.frequency_resize,
+              show_default=True, help="FFT bins -> 299 rows: max, area or bilinear.")
 @click.option("--clip-percentiles", type=(float, float), default=_DEFAULT.clip_percentiles, show_default=True,
               help="Low and high percentile of each log-spectrogram kept before scaling to 0..255.")
 @click.option("--time-chunk", type=int, default=1024, show_default=True,
               help="Image columns per Zarr chunk (new stores only).")
 @click.option("--zstd-level", type=click.IntRange(0, 22), default=0, show_default=True,
               help="Compress image chunks with zstd at this level; 0 stores them raw (new stores only).")
-@click.option("--storage-options", default=None, help="fsspec options as JSON, e.g. an S3 endpoint.")
+@click.option("--storage-options", default=None, callback=_json_object,
+              help="fsspec options as JSON, e.g. an S3 endpoint.")
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
-                      workers: int | None, serial: bool, retry_failed: bool, new_audio_root: bool, min_duration: float, hop_length: int,
-                      clip_percentiles: tuple[float, float], time_chunk: int, zstd_level: int,
-                      storage_options: str | None) -> None:
+                      workers: int | None, serial: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
+                      min_duration: float, hop_lengths: tuple[int, int, int], time_resize: str,
+                      frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int,
+                      zstd_level: int, storage_options: dict | None) -> None:
     """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
+    import gc
     import logging
 
-    from tqdm import tqdm
-
-    from featurize.pipeline import featurize_store, local_client
+    from featurize.pipeline import featurize_store
     from featurize.store import StoreMismatch
+    from shared.progress import Progress
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("soundception").addHandler(handler)
     logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
-        config = FeaturizerConfig(min_duration=min_duration, hop_length=hop_length,
+        config = FeaturizerConfig(min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
+                                  frequency_resize=frequency_resize,
                                   clip_percentiles=clip_percentiles)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    client = None
-    if not serial:
-        if scheduler:
-            from distributed import Client
+    client = None if serial else _start_client(scheduler, workers, dashboard)
+    bar = Progress(None, desc="featurize", unit="file")  # a bar on a terminal, plain lines in a log
 
-            client = Client(scheduler)
-        else:
-            client = local_client(workers)
-        click.echo(f"dask dashboard: {client.dashboard_link}  ({len(client.scheduler_info()['workers'])} workers)")
-    bar = tqdm(unit="file", desc="featurize", file=sys.stderr)
+    def progress(finished: int, total: int) -> None:
+        if bar.total != total:
+            bar.set_total(total)
+        bar.update(finished)
 
-    def progress(finished: int) -> None:
-        bar.update(finished - bar.n)
-
+    gc.freeze()  # what is loaded now lives until exit: spare the collector walking it (0.2 s at exit)
     try:
         summary = featurize_store(audio_dir, store, config=config, metadata=metadata, labels=labels,
                                   client=client, retry_failed=retry_failed, new_audio_root=new_audio_root,
-                                  storage_options=_storage_options(storage_options), time_chunk=time_chunk,
-                                  zstd_level=zstd_level,
+                                  storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level,
                                   progress=progress)
     except (StoreMismatch, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     finally:
         bar.close()
         if client is not None:
-            cluster = client.cluster
-            client.close()
-            if cluster is not None and not scheduler:
-                cluster.close()
+            _stop_client(client, own_cluster=not scheduler)
     for line in summary.lines():
         click.echo(line)
 
@@ -103,14 +128,14 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
 @click.option("--failed", is_flag=True, help="List failed files with their reasons.")
 @click.option("--png", nargs=2, metavar="FILE_ID OUT.png", default=None,
               help="Render FILE_ID's image and its channels to OUT.png.")
-@click.option("--storage-options", default=None, help="fsspec options as JSON.")
-def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, storage_options: str | None) -> None:
+@click.option("--storage-options", default=None, callback=_json_object, help="fsspec options as JSON.")
+def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, storage_options: dict | None) -> None:
     """Summarize a feature store, list its failures or draw one file's image."""
     from featurize.report import failure_lines, render_png, summary_lines
     from shared.reader import FeatureStore, StoreError
 
     try:
-        opened = FeatureStore(store, _storage_options(storage_options))
+        opened = FeatureStore(store, storage_options)
     except StoreError as error:
         raise click.ClickException(str(error)) from None
     if failed:

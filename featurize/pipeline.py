@@ -1,38 +1,48 @@
 """The featurize run: list the work, drop what is done, map one function over the rest.
 
 :func:`featurize_file` is the unit of work (decode -> self-concatenate -> image -> chunk-aligned
-write of that file's chunks only). :func:`featurize_store` is the driver: it registers files,
-submits the work to an injected executor (a dask ``Client``) or runs it serially, and writes the
-small per-file variables as results arrive, so an interrupted run resumes where it stopped.
+write of that file's chunks only). :func:`featurize_store` is the driver, in three steps:
+
+1. :func:`prepare_store` opens the store and registers the recordings and their labels;
+2. :func:`plan_jobs` (pure) lists the :class:`Job` s still to do and :func:`longest_first` orders them;
+3. :func:`run_jobs` maps :func:`featurize_file` over them on an injected executor (a dask
+   ``Client``) or serially, writes the small per-file variables as results arrive (so an
+   interrupted run resumes where it stopped) and grows the store when a file is wider than its
+   header said.
+
+The driver never imports the image code (scipy.fft): only workers (or ``client=None``) do.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import importlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zarr
+
 from featurize import store as store_io
 from featurize.audio import DecodeError, decode, self_concatenate
-from featurize.image import MultiscaleImage
-from featurize.labels import Labelling, label_recordings
+from featurize.labels import Labelling, Recording, label_recordings
 from shared import schema
 from shared.config import FeaturizerConfig
+from shared.text import one_line
 
 log = logging.getLogger("soundception.featurize")
 
 FLUSH_SECONDS = 2.0
 FLUSH_RESULTS = 64
 
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+# what featurize_file imports on first use: the local cluster's workers import them as they start
+FEATURIZER_MODULES = ("featurize.image", "soundfile", "soxr")
 
 
 def featurize_file(source: str, index: int, store_url: str, config_dict: dict[str, Any], *,
@@ -43,6 +53,8 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
     ``{"status": "failed", "error": one line}`` or ``{"status": "resize", "width": px}`` (the
     store's time axis is too short; the driver grows it and resubmits).
     """
+    from featurize.image import MultiscaleImage
+
     config = FeaturizerConfig.from_dict(config_dict)
     try:
         samples, duration, warning = decode(source, sample_rate=config.sample_rate)
@@ -60,12 +72,24 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
     except MemoryError:
         return {"status": schema.FAILED, "error": "out of memory while featurizing"}
     except DecodeError as error:
-        return {"status": schema.FAILED, "error": _one_line(error)}
+        return {"status": schema.FAILED, "error": one_line(error)}
     except Exception as error:  # one bad file must not stop the run
-        return {"status": schema.FAILED, "error": f"{type(error).__name__}: {_one_line(error)}"}
+        return {"status": schema.FAILED, "error": f"{type(error).__name__}: {one_line(error)}"}
     if image.silent:
         warning = "; ".join(filter(None, [warning, "silent recording: constant spectrogram, image is all zeros"]))
     return {"status": schema.DONE, "duration": float(duration), "n_frames": int(image.width), "warning": warning}
+
+
+def prepare_worker() -> None:
+    """Import what :func:`featurize_file` needs, then exempt it all from the cyclic garbage collector.
+
+    Run as the first task of each local worker, so the imports overlap the driver's planning. The
+    modules live as long as the process, yet every full collection walks them again, the last one
+    at exit: ``gc.freeze()`` spares that (1.2 s -> 0.15 s for a worker to exit, on 2 busy cores).
+    """
+    for name in FEATURIZER_MODULES:
+        importlib.import_module(name)
+    gc.freeze()
 
 
 def estimate_width(path: str, config: FeaturizerConfig) -> int:
@@ -83,6 +107,68 @@ def estimate_width(path: str, config: FeaturizerConfig) -> int:
     return config.width_for(seconds * repeats * 1.01) + 2  # resampler edge effects
 
 
+@dataclass(frozen=True)
+class Job:
+    """One recording to featurize into row ``row`` of the store.
+
+    Attributes:
+        row: the recording's index on the store's ``file`` axis.
+        file_id: its id (path relative to the audio root).
+        source: its absolute path on this machine.
+        width: estimated image width in px (0 until :func:`longest_first` reads the header).
+    """
+
+    row: int
+    file_id: str
+    source: str
+    width: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The work of one run: ``jobs`` to featurize, ``failures`` to record without featurizing
+    (``(row, file_id, reason)``) and the number of files ``skipped`` (done, or failed earlier)."""
+
+    jobs: tuple[Job, ...]
+    failures: tuple[tuple[int, str, str], ...]
+    skipped: int
+
+
+def plan_jobs(recordings: Sequence[Recording], rows: Mapping[str, int], status: Sequence[str], *,
+              retry_failed: bool = False) -> Plan:
+    """List the work for ``recordings``; reads and writes nothing.
+
+    Args:
+        recordings: the recordings found under the audio root, in order.
+        rows: store row of every recording id.
+        status: the store's status per row (``pending``, ``done`` or ``failed``).
+        retry_failed: plan files that failed in an earlier run again.
+
+    A recording that cannot be featurized (``problem``: missing, conflicting labels) is a failure
+    unless it is already done; a done file is skipped, and so is a failed one unless ``retry_failed``.
+    Everything else (new, pending after an interruption) becomes a :class:`Job`.
+    """
+    jobs: list[Job] = []
+    failures: list[tuple[int, str, str]] = []
+    skipped = 0
+    for recording in recordings:
+        row = rows[recording.id]
+        if recording.problem:
+            if status[row] != schema.DONE:
+                failures.append((row, recording.id, recording.problem))
+        elif status[row] == schema.DONE or (status[row] == schema.FAILED and not retry_failed):
+            skipped += 1
+        else:
+            jobs.append(Job(row, recording.id, recording.path))
+    return Plan(tuple(jobs), tuple(failures), skipped)
+
+
+def longest_first(jobs: Sequence[Job], config: FeaturizerConfig) -> tuple[Job, ...]:
+    """``jobs`` with their width estimated from the file headers, widest first (balances the workers)."""
+    sized = [dataclasses.replace(job, width=estimate_width(job.source, config)) for job in jobs]
+    return tuple(sorted(sized, key=lambda job: -job.width))
+
+
 @dataclass
 class RunSummary:
     """What a run did and what the store now holds."""
@@ -97,6 +183,10 @@ class RunSummary:
     audio_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def add_failure(self, file_id: str, reason: str) -> None:
+        self.failed += 1
+        self.failures.append((file_id, reason))
 
     def lines(self) -> list[str]:
         out = [f"featurized {self.done} of {self.submitted} file(s) in {self.seconds:.1f} s "
@@ -114,7 +204,7 @@ class RunSummary:
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 1 << 25, "MALLOC_TRIM_THRESHOLD_": 1 << 28}
 
 
-def local_client(n_workers: int | None = None, *, dashboard_address: str | None = ":0") -> Any:
+def local_client(n_workers: int | None = None, *, dashboard_address: str | None = None) -> Any:
     """A dask ``Client`` on a new ``LocalCluster``: one single-threaded worker process per core.
 
     dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which makes glibc hand every
@@ -122,69 +212,43 @@ def local_client(n_workers: int | None = None, *, dashboard_address: str | None 
     chunk, so workers would spend much of their time page-faulting. Our workers get
     :data:`WORKER_MALLOC` instead, and no statistical profiler (it samples every thread's stack
     every 10 ms); the dashboard still shows tasks. Both measured in bench/featurize.py.
+
+    No dashboard unless ``dashboard_address`` (``":0"``: any free port) is given: serving it
+    imports bokeh, which adds about 0.8 s to the start of every run. Each worker's first task is
+    :func:`prepare_worker`, which runs while the driver plans.
     """
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, fire_and_forget
 
     settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_MALLOC.items()}
     saved = dict(os.environ)  # nannies copy their pre-spawn variables into this process's environment
     try:
+        # a value already in this environment (left by an earlier cluster, say) beats dask's config
+        os.environ.update({name: str(value) for name, value in WORKER_MALLOC.items()})
         with dask.config.set({**settings, "distributed.worker.profile.enabled": False}):
             cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
                                    processes=True, dashboard_address=dashboard_address)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return Client(cluster)
+    client = Client(cluster)
+    for address in client.scheduler_info()["workers"]:
+        fire_and_forget(client.submit(prepare_worker, key=f"prepare-worker-{address}", workers=[address],
+                                      allow_other_workers=False, pure=False))
+    return client
 
 
-def _executor_results(client: Any, jobs: list[tuple[int, str]], store_url: str, config: FeaturizerConfig,
-                      storage_options: dict[str, Any] | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(index, result)`` as results arrive: serially when ``client`` is None, else via dask."""
-    config_dict = config.to_dict()
-    if client is None:
-        for index, source in jobs:
-            yield index, featurize_file(source, index, store_url, config_dict, storage_options=storage_options)
-        return
-    from distributed import as_completed
+def prepare_store(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig, *,
+                  new_audio_root: bool = False, **store_options: Any) -> tuple[zarr.Group, dict[str, int]]:
+    """Open (or create) the store and register ``labelling``'s recordings; return it and ``{id: row}``.
 
-    futures = {}
-    for index, source in jobs:
-        future = client.submit(featurize_file, source, index, store_url, config_dict,
-                               storage_options=storage_options, key=f"featurize-{index}-{time.time_ns()}",
-                               pure=False)
-        futures[future] = index
-    for future in as_completed(futures):
-        index = futures.pop(future)
-        try:
-            result = future.result()
-        except Exception as error:  # a worker died (segfault, out of memory) on this file
-            result = {"status": schema.FAILED,
-                      "error": f"worker died while featurizing ({type(error).__name__}: {_one_line(error)})"}
-        future.release()
-        yield index, result
-
-
-def featurize_store(audio_root: str | Path, store_url: str, *, config: FeaturizerConfig | None = None,
-                    metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
-                    retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
-                    time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
-                    new_audio_root: bool = False,
-                    progress: Callable[[int], Any] | None = None) -> RunSummary:
-    """Featurize every recording under ``audio_root`` into the store at ``store_url``.
-
-    Files already ``done`` are skipped; ``failed`` ones are retried only with ``retry_failed``;
-    ``pending`` ones (new, or interrupted) are (re)done. A store holds recordings of one audio
-    folder (refused otherwise, unless ``new_audio_root`` says the same files moved); its class
-    list only grows, so labels already stored keep their meaning. ``client`` is a dask ``Client`` or
-    None for the serial path. ``progress(n)`` is called with the number of files finished.
+    A store holds recordings of one audio folder (refused otherwise, unless ``new_audio_root``
+    says the same files moved). The class list only grows, so labels already stored keep their
+    meaning; files this run labels get their (possibly corrected) label, the others keep theirs.
+    ``store_options`` (storage options, time chunk, zstd level) go to :func:`featurize.store.open_for_writing`.
     """
-    config = config or FeaturizerConfig()
-    started = time.perf_counter()
-    labelling: Labelling = label_recordings(audio_root, metadata=metadata, source=labels)
     root = str(Path(audio_root).resolve())
-    group = store_io.open_for_writing(store_url, config, storage_options=storage_options,
-                                      time_chunk=time_chunk, zstd_level=zstd_level, audio_root=root)
+    group = store_io.open_for_writing(store_url, config, audio_root=root, **store_options)
     stored_root = dict(group.attrs).get("audio_root", "")
     if stored_root and stored_root != root:
         if not new_audio_root:
@@ -192,81 +256,136 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                 f"{store_url} holds recordings from {stored_root}, this run reads {root}; file ids are paths "
                 "relative to that folder, so use a new --store (or --new-audio-root if the same files moved)")
         group.attrs["audio_root"] = root
-    # the class list only grows: classes already stored keep their index, new ones are appended
     classes, names = store_io.stored_classes(group)
     known = dict(zip(classes, names))
     for class_id, name in zip(labelling.classes, labelling.class_names):
         if class_id not in known:
-            classes.append(class_id)
+            classes.append(class_id)  # appended, never sorted in: stored labels keep their index
         known[class_id] = name
     store_io.set_classes(group, classes, [known[c] for c in classes])
     class_index = {c: i for i, c in enumerate(classes)}
     entries = [{"id": r.id, "path": r.id, "label": class_index.get(r.label, -1),
                 "background": schema.BACKGROUND_SEPARATOR.join(r.background)} for r in labelling.recordings]
-    index = store_io.register_files(group, entries)
-    # labels do not change images: files this run labels get their (possibly corrected) label;
-    # files it does not label keep what the store has
-    store_io.write_fields(group, {index[e["id"]]: {"label": e["label"], "background": e["background"]}
+    rows = store_io.register_files(group, entries)
+    store_io.write_fields(group, {rows[e["id"]]: {"label": e["label"], "background": e["background"]}
                                   for e, r in zip(entries, labelling.recordings) if r.label})
+    return group, rows
 
-    summary = RunSummary(store=store_url, notes=list(labelling.notes))
-    status = schema.as_strings(group["status"][...])
-    updates: dict[int, dict[str, Any]] = {}
-    jobs: list[tuple[int, str]] = []
-    for recording in labelling.recordings:
-        row = index[recording.id]
-        if recording.problem:
-            if status[row] != schema.DONE:
-                updates[row] = {"status": schema.FAILED, "error": recording.problem}
-                summary.failed += 1
-                summary.failures.append((recording.id, recording.problem))
-            continue
-        if status[row] == schema.DONE or (status[row] == schema.FAILED and not retry_failed):
-            summary.skipped += 1
-            continue
-        jobs.append((row, recording.path))
-    store_io.write_fields(group, updates)
-    updates.clear()
-    summary.submitted = len(jobs)
 
-    widths = {row: estimate_width(path, config) for row, path in jobs}
-    store_io.ensure_width(group, max(widths.values(), default=0), config)
-    jobs.sort(key=lambda job: -widths[job[0]])  # longest first balances the workers
-    ids = {row: rid for rid, row in index.items()}
-    finished, last_flush = 0, time.monotonic()
+class _Recorder:
+    """Writes results to the store in batches (every :data:`FLUSH_RESULTS` results or
+    :data:`FLUSH_SECONDS` s), counts them in the summary and reports progress."""
+
+    def __init__(self, group: zarr.Group, summary: RunSummary,
+                 progress: Callable[[int, int], Any] | None) -> None:
+        self.group, self.summary, self.progress = group, summary, progress
+        self.updates: dict[int, dict[str, Any]] = {}
+        self.finished = 0
+        self.last_flush = time.monotonic()
+
+    def record(self, job: Job, result: dict[str, Any]) -> None:
+        fields = dict(result)
+        if result["status"] == schema.DONE:
+            self.summary.done += 1
+            self.summary.audio_seconds += result["duration"]
+            self.summary.warnings += bool(result["warning"])
+            fields["error"] = ""
+        else:
+            self.summary.add_failure(job.file_id, result["error"])
+            log.warning("failed: %s: %s", job.file_id, result["error"])
+        self.updates[job.row] = fields
+        self.finished += 1
+        if self.progress:
+            self.progress(self.finished, self.summary.submitted)
+        if len(self.updates) >= FLUSH_RESULTS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        store_io.write_fields(self.group, self.updates)
+        self.updates.clear()
+        self.last_flush = time.monotonic()
+
+
+def _results(client: Any, jobs: Sequence[Job], store_url: str, config: FeaturizerConfig,
+             storage_options: dict[str, Any] | None) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Yield ``(job, result)`` as results arrive: serially when ``client`` is None, else via dask."""
+    config_dict = config.to_dict()
+    if client is None:
+        for job in jobs:
+            yield job, featurize_file(job.source, job.row, store_url, config_dict, storage_options=storage_options)
+        return
+    from distributed import as_completed
+
+    futures = {client.submit(featurize_file, job.source, job.row, store_url, config_dict,
+                             storage_options=storage_options, key=f"featurize-{job.row}-{time.time_ns()}",
+                             pure=False): job
+               for job in jobs}
+    for future in as_completed(futures):
+        job = futures.pop(future)
+        try:
+            result = future.result()
+        except Exception as error:  # a worker died (segfault, out of memory) on this file
+            result = {"status": schema.FAILED,
+                      "error": f"worker died while featurizing ({type(error).__name__}: {one_line(error)})"}
+        future.release()
+        yield job, result
+
+
+def run_jobs(group: zarr.Group, jobs: Sequence[Job], store_url: str, config: FeaturizerConfig,
+             summary: RunSummary, *, client: Any = None, storage_options: dict[str, Any] | None = None,
+             progress: Callable[[int, int], Any] | None = None) -> None:
+    """Featurize ``jobs`` into the store and record every result in it and in ``summary``.
+
+    The time axis is first grown to the widest estimate. A file wider than that comes back as
+    ``resize``; once every other task has finished (nothing writes while the array grows), the
+    axis grows and those files are redone.
+    """
+    store_io.ensure_width(group, max((job.width for job in jobs), default=0), config)
+    recorder = _Recorder(group, summary, progress)
     try:
         while jobs:
-            too_wide: list[tuple[int, str]] = []
+            too_wide: list[Job] = []
             needed = 0
-            sources = dict(jobs)
-            for row, result in _executor_results(client, jobs, store_url, config, storage_options):
+            for job, result in _results(client, jobs, store_url, config, storage_options):
                 if result["status"] == "resize":
-                    too_wide.append((row, sources[row]))
+                    too_wide.append(job)
                     needed = max(needed, result["width"])
-                    continue
-                updates[row] = dict(result)
-                if result["status"] == schema.DONE:
-                    summary.done += 1
-                    summary.audio_seconds += result["duration"]
-                    summary.warnings += bool(result["warning"])
-                    updates[row]["error"] = ""
                 else:
-                    summary.failed += 1
-                    summary.failures.append((ids[row], result["error"]))
-                    log.warning("failed: %s: %s", ids[row], result["error"])
-                finished += 1
-                if progress:
-                    progress(finished)
-                if len(updates) >= FLUSH_RESULTS or time.monotonic() - last_flush > FLUSH_SECONDS:
-                    store_io.write_fields(group, updates)
-                    updates.clear()
-                    last_flush = time.monotonic()
-            store_io.write_fields(group, updates)
-            updates.clear()
-            if too_wide:  # no task is running now, so growing the array is safe
+                    recorder.record(job, result)
+            recorder.flush()
+            if too_wide:
                 store_io.ensure_width(group, needed, config)
             jobs = too_wide
     finally:
-        store_io.write_fields(group, updates)
+        recorder.flush()
+
+
+def featurize_store(audio_root: str | Path, store_url: str, *, config: FeaturizerConfig | None = None,
+                    metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
+                    retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
+                    time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
+                    new_audio_root: bool = False,
+                    progress: Callable[[int, int], Any] | None = None) -> RunSummary:
+    """Featurize every recording under ``audio_root`` into the store at ``store_url``.
+
+    Files already ``done`` are skipped; ``failed`` ones are retried only with ``retry_failed``;
+    ``pending`` ones (new, or interrupted) are (re)done. A store holds recordings of one audio
+    folder (refused otherwise, unless ``new_audio_root`` says the same files moved); its class
+    list only grows, so labels already stored keep their meaning. ``client`` is a dask ``Client`` or
+    None for the serial path. ``progress(finished, total)`` is called with the number of files
+    finished and the number submitted.
+    """
+    config = config or FeaturizerConfig()
+    started = time.perf_counter()
+    labelling = label_recordings(audio_root, metadata=metadata, source=labels)
+    group, rows = prepare_store(labelling, audio_root, store_url, config, new_audio_root=new_audio_root,
+                                storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level)
+    plan = plan_jobs(labelling.recordings, rows, schema.as_strings(group["status"][...]), retry_failed=retry_failed)
+    summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped, notes=list(labelling.notes))
+    for row, file_id, reason in plan.failures:
+        summary.add_failure(file_id, reason)
+    store_io.write_fields(group, {row: {"status": schema.FAILED, "error": reason} for row, _, reason in plan.failures})
+    run_jobs(group, longest_first(plan.jobs, config), store_url, config, summary, client=client,
+             storage_options=storage_options, progress=progress)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -41,7 +41,8 @@ def summary_lines(store: FeatureStore) -> list[str]:
         lines.append(f"size        {size / 1e6:.1f} MB on disk")
     lines += [
         f"config      hash {store.config_hash}: {config.sample_rate} Hz, windows {list(config.fft_windows)}, "
-        f"hop {config.hop_length}, min_duration {config.min_duration:g} s, clip percentiles "
+        f"hops {'/'.join(map(str, config.hop_lengths))}, resize time {config.time_resize} / frequency {config.frequency_resize}, "
+        f"min_duration {config.min_duration:g} s, clip percentiles "
         f"{list(config.clip_percentiles)}, {config.image_height} px per {config.image_seconds:g} s",
     ]
     if counts["failed"]:
@@ -87,13 +88,14 @@ def render_png(store: FeatureStore, file_id: str, out: str | Path) -> Path:
     half_row = nyquist / (store.config.image_height - 1) / 2  # rows are centred on their frequency
     extent = (0.0, seconds, -half_row, nyquist + half_row)  # row 0 is the top (Nyquist)
     names = list(store.config.channel_names)
-    figure, axes = plt.subplots(1 + len(names), 1, figsize=(min(24, 4 + seconds / 3), 3 * (1 + len(names))),
+    figure, axes = plt.subplots(1 + len(names), 1, figsize=(min(24, 6 + seconds / 3), 3 * (1 + len(names))),
                                 sharex=True, squeeze=False)
     axes = axes[:, 0]
     axes[0].imshow(np.moveaxis(image[:3], 0, -1), aspect="auto", extent=extent)
     label = int(store.table["label"][index])
     title = store.ids[index] + (f"  [{store.class_names[label]}]" if label >= 0 else "  [unlabelled]")
-    axes[0].set_title(f"{title}  RGB = {', '.join(names[:3])}")
+    figure.suptitle(title)
+    axes[0].set_title(f"RGB = {', '.join(names[:3])}")
     for axis, channel, name in zip(axes[1:], image, names):
         axis.imshow(channel, aspect="auto", extent=extent, cmap="magma", vmin=0, vmax=255)
         axis.set_title(name)

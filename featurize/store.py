@@ -28,6 +28,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from shared import schema
 from shared.config import FeaturizerConfig, config_differences, config_hash
+from shared.reader import open_options
 
 DEFAULT_TIME_CHUNK = 1024  # columns (5.1 s); see bench/loader.py for the measurement
 PER_FILE_CHUNK = 4096
@@ -44,10 +45,6 @@ class WidthExceedsStore(RuntimeError):
     def __init__(self, width: int) -> None:
         super().__init__(f"image width {width} px exceeds the store's time axis")
         self.width = width
-
-
-def _open_kwargs(storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    return {"storage_options": storage_options} if storage_options else {}
 
 
 def consolidate(group: zarr.Group) -> None:
@@ -104,7 +101,7 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
     Raises :class:`StoreMismatch` (one line, naming the differing fields) if the store exists
     with another config, so images made two ways never mix.
     """
-    kwargs = _open_kwargs(storage_options)
+    kwargs = open_options(storage_options)
     try:
         group = zarr.open_group(url, mode="r+", use_consolidated=False, **kwargs)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
@@ -113,22 +110,42 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
             raise StoreMismatch(f"{url} exists, is not empty and is not a Zarr store; choose another --store "
                                 "(nothing there was touched)") from None
     if group is not None and len(list(group.keys())) + len(dict(group.attrs)) > 0:
-        attrs = dict(group.attrs)
-        if "featurizer_config" not in attrs:
-            raise StoreMismatch(f"{url} exists and is not a Soundception feature store; choose another --store")
-        old = FeaturizerConfig.from_dict(attrs["featurizer_config"])
-        if config_hash(old) != config_hash(config):
-            changes = "; ".join(config_differences(old, config))
-            raise StoreMismatch(
-                f"{url} was featurized with another config (hash {config_hash(old)}, this run "
-                f"{config_hash(config)}: {changes}); use a new --store or the store's settings"
-            )
-        _repair_lengths(group)
-        consolidate(group)
-        return group
+        return _reopen(group, url, config)
     if time_chunk <= 0:
         raise ValueError("time_chunk must be positive")
     group = zarr.open_group(url, mode="w-", zarr_format=3, **kwargs)  # "w-": never delete anything
+    _create_arrays(group, config, time_chunk=time_chunk, zstd_level=zstd_level)
+    group.attrs.update({
+        "schema_version": schema.SCHEMA_VERSION,
+        "featurizer_config": config.to_dict(),
+        "config_hash": config_hash(config),
+        "versions": _versions(),
+        "audio_root": str(audio_root),
+        "title": "Soundception multiscale spectrogram feature store",
+    })
+    consolidate(group)
+    return group
+
+
+def _reopen(group: zarr.Group, url: str, config: FeaturizerConfig) -> zarr.Group:
+    """Check that an existing store was made with ``config`` and repair what a crash left behind."""
+    attrs = dict(group.attrs)
+    if "featurizer_config" not in attrs:
+        raise StoreMismatch(f"{url} exists and is not a Soundception feature store; choose another --store")
+    old = FeaturizerConfig.from_dict(attrs["featurizer_config"])
+    if config_hash(old) != config_hash(config):
+        changes = "; ".join(config_differences(old, config))
+        raise StoreMismatch(
+            f"{url} was featurized with another config (hash {config_hash(old)}, this run "
+            f"{config_hash(config)}: {changes}); use a new --store or the store's settings"
+        )
+    _repair_lengths(group)
+    consolidate(group)
+    return group
+
+
+def _create_arrays(group: zarr.Group, config: FeaturizerConfig, *, time_chunk: int, zstd_level: int) -> None:
+    """The empty arrays of a new store (layout in :mod:`shared.schema`)."""
     channels, height = len(config.fft_windows), config.image_height
     group.create_array(
         schema.IMAGE, shape=(0, channels, height, 0), chunks=(1, channels, height, time_chunk),
@@ -151,16 +168,6 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
     freq.attrs.update({"units": "Hz", "long_name": "frequency of the image row"})
     _vector(group, schema.TIME, (schema.TIME,), "float64", 0.0, 1 << 16,
             {"units": "s", "long_name": "time of the column centre from the start of the recording"})
-    group.attrs.update({
-        "schema_version": schema.SCHEMA_VERSION,
-        "featurizer_config": config.to_dict(),
-        "config_hash": config_hash(config),
-        "versions": _versions(),
-        "audio_root": str(audio_root),
-        "title": "Soundception multiscale spectrogram feature store",
-    })
-    consolidate(group)
-    return group
 
 
 def _is_empty_location(url: str, storage_options: dict[str, Any] | None) -> bool:
@@ -295,7 +302,7 @@ def write_image(url: str, index: int, width: int,
 
     Raises :class:`WidthExceedsStore` before writing anything if the time axis is too short.
     """
-    image = zarr.open_array(f"{url.rstrip('/')}/{schema.IMAGE}", mode="r+", **_open_kwargs(storage_options))
+    image = zarr.open_array(f"{url.rstrip('/')}/{schema.IMAGE}", mode="r+", **open_options(storage_options))
     chunk, extent = image.chunks[3], image.shape[3]
     if width > extent:
         raise WidthExceedsStore(width)

@@ -21,6 +21,14 @@ class StoreError(RuntimeError):
     """The path is not a readable feature store, or the store is not what the reader expects."""
 
 
+def open_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments for zarr's ``open_group``/``open_array``: ``storage_options`` only when given.
+
+    zarr refuses ``storage_options`` with a local path, so none are passed unless there are some.
+    """
+    return {"storage_options": storage_options} if storage_options else {}
+
+
 class FeatureStore:
     """Read-only view of a feature store at a local path or an fsspec URL.
 
@@ -33,9 +41,8 @@ class FeatureStore:
         self.url = str(url)
         self.storage_options = storage_options
         try:
-            kwargs = {"storage_options": storage_options} if storage_options else {}
             # not the consolidated copy: the per-array metadata is the truth while a run is growing the store
-            self.group = zarr.open_group(self.url, mode="r", use_consolidated=False, **kwargs)
+            self.group = zarr.open_group(self.url, mode="r", use_consolidated=False, **open_options(storage_options))
         except Exception as error:  # zarr raises several types for "not a group"
             raise StoreError(f"{self.url} is not a readable Zarr feature store ({error})") from None
         attrs = dict(self.group.attrs)

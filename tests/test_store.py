@@ -41,7 +41,7 @@ def test_round_trip_through_xarray(small_corpus, tmp_path):
     np.testing.assert_allclose(ds["freq"].values, schema.freq_coordinate(SMALL))
     assert ds["freq"].values[0] == pytest.approx(SR / 2) and ds["freq"].values[-1] == 0
     assert ds["time"].values[1] - ds["time"].values[0] == pytest.approx(1.5 / 299)
-    assert ds.attrs["config_hash"] and ds.attrs["featurizer_config"]["hop_length"] == 110
+    assert ds.attrs["config_hash"] and ds.attrs["featurizer_config"]["hop_lengths"] == [32, 128, 512]
     for i, file_id in enumerate(ds["file"].values):
         width = int(ds["n_frames"].values[i])
         stored = ds["image"].isel(file=i, time=slice(0, width)).values
@@ -74,7 +74,8 @@ def test_dask_cluster_writes_the_same_images_as_the_serial_path(small_corpus, tm
 def test_interrupted_run_resumes_without_touching_done_files(small_corpus, tmp_path):
     url = tmp_path / "s.zarr"
 
-    def stop_after_two(finished):
+    def stop_after_two(finished, total):
+        assert total == 4
         if finished == 2:
             raise KeyboardInterrupt
 
@@ -100,12 +101,30 @@ def test_interrupted_run_resumes_without_touching_done_files(small_corpus, tmp_p
         assert np.array_equal(reader.image(i), expected_image(small_corpus / file_id, SMALL))
 
 
+def test_plan_lists_new_pending_and_retried_files_and_records_problems_once():
+    from featurize.labels import Recording
+    from featurize.pipeline import Job, plan_jobs
+
+    recordings = [Recording("new.wav", "/a/new.wav"), Recording("done.wav", "/a/done.wav"),
+                  Recording("cut.wav", "/a/cut.wav"), Recording("bad.wav", "/a/bad.wav"),
+                  Recording("gone.wav", "/a/gone.wav", problem="not found"),
+                  Recording("kept.wav", "/a/kept.wav", problem="conflicting labels")]
+    rows = {r.id: i for i, r in enumerate(recordings)}
+    status = ["pending", "done", "pending", "failed", "pending", "done"]
+    plan = plan_jobs(recordings, rows, status)
+    assert plan.jobs == (Job(0, "new.wav", "/a/new.wav"), Job(2, "cut.wav", "/a/cut.wav"))
+    assert plan.failures == ((4, "gone.wav", "not found"),)  # a done file keeps its image despite a problem
+    assert plan.skipped == 2
+    retried = plan_jobs(recordings, rows, status, retry_failed=True)
+    assert [job.file_id for job in retried.jobs] == ["new.wav", "cut.wav", "bad.wav"] and retried.skipped == 1
+
+
 def test_rerun_with_another_config_refuses_and_changes_nothing(small_corpus, tmp_path):
     url = str(tmp_path / "s.zarr")
     featurize_store(small_corpus, url, config=SMALL, labels="folders")
     before = chunk_files(Path(url))
-    with pytest.raises(store_io.StoreMismatch, match="hop_length: 110 -> 128"):
-        featurize_store(small_corpus, url, config=FeaturizerConfig(min_duration=4.0, hop_length=128),
+    with pytest.raises(store_io.StoreMismatch, match=r"hop_lengths: \[32, 128, 512\] -> \[32, 128, 256\]"):
+        featurize_store(small_corpus, url, config=FeaturizerConfig(min_duration=4.0, hop_lengths=(32, 128, 256)),
                         labels="folders")
     assert chunk_files(Path(url)) == before
 
