@@ -69,7 +69,7 @@ def _stop_client(client: Any, *, own_cluster: bool) -> None:
 @click.option("--frequency-resize", type=click.Choice(RESIZE_METHODS), default=_DEFAULT.frequency_resize,
               show_default=True, help="FFT bins -> 299 rows: max, area or bilinear.")
 @click.option("--clip-percentiles", type=(float, float), default=_DEFAULT.clip_percentiles, show_default=True,
-              help="Low and high percentile of each log-spectrogram kept before scaling to 0..255.")
+              help="Percentiles of each channel's resized dB values mapped to 0 and 255 (outliers clipped).")
 @click.option("--time-chunk", type=int, default=1024, show_default=True,
               help="Image columns per Zarr chunk (new stores only).")
 @click.option("--zstd-level", type=click.IntRange(0, 22), default=0, show_default=True,
