@@ -303,6 +303,9 @@ def write_image(url: str, index: int, width: int,
     Raises :class:`WidthExceedsStore` before writing anything if the time axis is too short.
     """
     image = zarr.open_array(f"{url.rstrip('/')}/{schema.IMAGE}", mode="r+", **open_options(storage_options))
+    # every chunk written here holds image columns; zarr's check for all-fill chunks cost half the
+    # write's CPU (measured: 0.42 vs 0.21 s per 58 MB)
+    image = image.with_config({"write_empty_chunks": True})
     chunk, extent = image.chunks[3], image.shape[3]
     if width > extent:
         raise WidthExceedsStore(width)
