@@ -37,3 +37,4 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/featurize.py
 	$(PY) bench/loader.py
 	$(PY) bench/train_step.py
+	$(PY) bench/augment.py

@@ -1,101 +1,160 @@
 """``soundception train`` and ``soundception evaluate``: parse options, build a config, call one function.
 
-torch and timm are imported inside the commands so ``soundception --help`` stays fast.
+Every default is read from :class:`train.config.RunConfig`, so the two cannot drift. torch and timm
+are imported inside the commands so ``soundception --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import pickle
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from shared.reader import StoreError
+from shared.text import one_line, parse_json_option
+from train.config import OPTIMIZERS, RunConfig, UserError
+
+# the user's mistakes (a bad option, store, run folder, checkpoint or weights file): reported in one
+# line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, StoreError)
+
+OUT_OF_MEMORY_ADVICE = ("out of GPU memory: use a smaller --stage1-batch-size / --stage2-batch-size and raise "
+                        "--accumulation to keep the effective batch (or a shorter --crop-seconds)")
+
+# every default comes from the config's fields (read without building one: that would import torch)
+DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+STAGE1, STAGE2 = DEFAULT["stage1"], DEFAULT["stage2"]
+
+T = TypeVar("T")
 
 
 def _json_option(text: str | None, name: str) -> dict | None:
-    if not text:
-        return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise click.BadParameter(f"not JSON: {error}", param_hint=name) from None
+        return parse_json_option(text, name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=name) from None
 
 
-# what a bad store, checkpoint, weights file or backbone name raises: reported in one line
-USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, StoreError, KeyError, RuntimeError,
-               pickle.UnpicklingError, EOFError)
+def _run(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a library function; the user's mistakes and running out of GPU memory become one line."""
+    import torch
+
+    try:
+        return function(*args, **kwargs)
+    except USER_ERRORS as error:
+        raise click.ClickException(one_line(error, limit=1000)) from None
+    except torch.OutOfMemoryError:
+        raise click.ClickException(OUT_OF_MEMORY_ADVICE) from None
+
 
 # the names registered in train.attention.ATTENTION (listed here so --help needs no torch; a test
 # keeps the two in step)
 ATTENTION_NAMES = ("mean", "temporal", "time_frequency")
+# the presets in train.augment.AUGMENT_PRESETS, likewise
+AUGMENT_PRESET_NAMES = ("default", "paper", "none")
+
+
+def _augment_option(spec: str) -> Any:
+    """``--augment``'s text -> an ``AugmentConfig``; a bad preset, key or value is a usage error."""
+    from train.augment import AugmentConfig
+
+    try:
+        return AugmentConfig.from_spec(spec)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--augment") from None
 
 
 @click.command("train")
 @click.option("--store", required=True, help="Feature store: local path or fsspec URL.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (runs/NAME).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.pt exactly where it stopped.")
-@click.option("--backbone", default="inception_v4", show_default=True,
+@click.option("--backbone", default=DEFAULT["backbone"], show_default=True,
               help="timm model with features_only support and stride-16/32 feature maps.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local timm state dict (.pth/.bin/.safetensors) for the backbone; never downloaded.")
-@click.option("--main-attention", type=click.Choice(ATTENTION_NAMES), default="time_frequency", show_default=True)
-@click.option("--aux-attention", type=click.Choice(ATTENTION_NAMES), default="temporal", show_default=True)
-@click.option("--crop-seconds", type=float, default=15.0, show_default=True, help="Training window (s).")
-@click.option("--stage1-steps", type=int, default=2000, show_default=True, help="Frozen-backbone steps.")
-@click.option("--stage1-batch-size", type=int, default=8, show_default=True)
-@click.option("--stage1-lr", type=float, default=1e-3, show_default=True)
-@click.option("--stage1-warmup", type=int, default=100, show_default=True)
-@click.option("--stage2-steps", type=int, default=20000, show_default=True, help="Fine-tune-all steps.")
-@click.option("--stage2-batch-size", type=int, default=4, show_default=True)
-@click.option("--stage2-lr", type=float, default=1e-4, show_default=True)
-@click.option("--stage2-warmup", type=int, default=500, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--accumulation", type=int, default=1, show_default=True, help="Micro-batches per optimizer step.")
-@click.option("--aux-weight", type=float, default=0.4, show_default=True)
+@click.option("--main-attention", type=click.Choice(ATTENTION_NAMES), default=DEFAULT["main_attention"],
+              show_default=True)
+@click.option("--aux-attention", type=click.Choice(ATTENTION_NAMES), default=DEFAULT["aux_attention"],
+              show_default=True)
+@click.option("--attention-hidden", type=int, default=DEFAULT["attention_hidden"], show_default=True,
+              help="Channels inside each attention detector.")
+@click.option("--dropout", type=float, default=DEFAULT["dropout"], show_default=True,
+              help="Dropout before each linear classifier.")
+@click.option("--crop-seconds", type=float, default=DEFAULT["crop_seconds"], show_default=True,
+              help="Training window (s).")
+@click.option("--stage1-steps", type=int, default=STAGE1.steps, show_default=True, help="Frozen-backbone steps.")
+@click.option("--stage1-batch-size", type=int, default=STAGE1.batch_size, show_default=True)
+@click.option("--stage1-lr", type=float, default=STAGE1.lr, show_default=True)
+@click.option("--stage1-warmup", type=int, default=STAGE1.warmup_steps, show_default=True)
+@click.option("--stage2-steps", type=int, default=STAGE2.steps, show_default=True, help="Fine-tune-all steps.")
+@click.option("--stage2-batch-size", type=int, default=STAGE2.batch_size, show_default=True)
+@click.option("--stage2-lr", type=float, default=STAGE2.lr, show_default=True)
+@click.option("--stage2-warmup", type=int, default=STAGE2.warmup_steps, show_default=True)
+@click.option("--min-lr-ratio", type=float, default=DEFAULT["min_lr_ratio"], show_default=True,
+              help="Floor of the cosine schedule, as a fraction of each stage's peak rate.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULT["optimizer"], show_default=True)
+@click.option("--weight-decay", type=float, default=DEFAULT["weight_decay"], show_default=True,
+              help="On weights only: never on norm layers or biases.")
+@click.option("--grad-clip", type=float, default=DEFAULT["grad_clip"], show_default=True,
+              help="Clip the gradient norm to this (0: no clipping).")
+@click.option("--accumulation", type=int, default=DEFAULT["accumulation"], show_default=True,
+              help="Micro-batches per optimizer step.")
+@click.option("--aux-weight", type=float, default=DEFAULT["aux_weight"], show_default=True,
+              help="Loss = main + AUX_WEIGHT x auxiliary head.")
 @click.option("--multilabel", is_flag=True, help="BCE with background species as positives.")
 @click.option("--balanced", is_flag=True, help="Class-balanced sampling instead of uniform over files.")
-@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
-@click.option("--validation-fraction", type=float, default=0.1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--augment", "augment_spec", default="default", show_default=True,
+              help=f"Augmentation preset ({', '.join(AUGMENT_PRESET_NAMES)}), then optional key=value overrides "
+                   "of train.augment.AugmentConfig's fields: 'paper,hue=0', 'default,contrast=0.8:1.2' "
+                   "(ranges low:high, switches true/false).")
+@click.option("--no-augment", is_flag=True, help="Same as --augment none.")
+@click.option("--validation-fraction", type=float, default=DEFAULT["validation_fraction"], show_default=True)
+@click.option("--seed", type=int, default=DEFAULT["seed"], show_default=True)
+@click.option("--workers", type=int, default=DEFAULT["num_workers"], show_default=True,
+              help="DataLoader worker processes.")
+@click.option("--device", default=DEFAULT["device"], show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
-@click.option("--log-every", type=int, default=10, show_default=True)
-@click.option("--eval-every", type=int, default=500, show_default=True)
-@click.option("--checkpoint-every", type=int, default=500, show_default=True)
-@click.option("--eval-batch-size", type=int, default=8, show_default=True)
+@click.option("--log-every", type=int, default=DEFAULT["log_every"], show_default=True)
+@click.option("--eval-every", type=int, default=DEFAULT["eval_every"], show_default=True,
+              help="Validate every N steps (0: only at the end).")
+@click.option("--eval-max-files", type=int, default=DEFAULT["eval_max_files"],
+              help="Validate on at most N files during and after training (default: every validation file).")
+@click.option("--checkpoint-every", type=int, default=DEFAULT["checkpoint_every"], show_default=True)
+@click.option("--eval-batch-size", type=int, default=DEFAULT["eval_batch_size"], show_default=True)
 @click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train_command(store: str, out: str, resume: bool, backbone: str, pretrained: str | None, main_attention: str,
                   aux_attention: str, crop_seconds: float, stage1_steps: int, stage1_batch_size: int,
                   stage1_lr: float, stage1_warmup: int, stage2_steps: int, stage2_batch_size: int, stage2_lr: float,
                   stage2_warmup: int, optimizer: str, weight_decay: float, accumulation: int, aux_weight: float,
-                  multilabel: bool, balanced: bool, no_augment: bool, validation_fraction: float, seed: int,
+                  multilabel: bool, balanced: bool, augment_spec: str, no_augment: bool, validation_fraction: float,
+                  seed: int,
                   workers: int, device: str, compile_model: bool, log_every: int, eval_every: int,
-                  checkpoint_every: int, eval_batch_size: int, storage_options: str | None, no_progress: bool) -> None:
+                  checkpoint_every: int, eval_batch_size: int, storage_options: str | None, no_progress: bool,
+                  attention_hidden: int, dropout: float, min_lr_ratio: float, grad_clip: float,
+                  eval_max_files: int | None) -> None:
     """Train Soundception on a feature store (stage 1: heads on a frozen backbone; stage 2: all)."""
-    from train.augment import AugmentConfig
-    from train.config import RunConfig, StageConfig
+    from train.config import StageConfig
     from train.loop import train
 
-    config = RunConfig(
-        store=store, out=out, storage_options=_json_option(storage_options, "--storage-options"),
+    config = _run(
+        RunConfig, store=store, out=out, storage_options=_json_option(storage_options, "--storage-options"),
         backbone=backbone, pretrained=pretrained, main_attention=main_attention, aux_attention=aux_attention,
+        attention_hidden=attention_hidden, dropout=dropout,
         crop_seconds=crop_seconds, seed=seed, validation_fraction=validation_fraction, balanced=balanced,
         stage1=StageConfig(steps=stage1_steps, batch_size=stage1_batch_size, lr=stage1_lr,
                            warmup_steps=stage1_warmup, train_backbone=False),
         stage2=StageConfig(steps=stage2_steps, batch_size=stage2_batch_size, lr=stage2_lr,
                            warmup_steps=stage2_warmup, train_backbone=True),
-        optimizer=optimizer, weight_decay=weight_decay, accumulation=accumulation, aux_weight=aux_weight,
-        multilabel=multilabel, augment=AugmentConfig.off() if no_augment else AugmentConfig(),
+        optimizer=optimizer, weight_decay=weight_decay, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
+        accumulation=accumulation, aux_weight=aux_weight,
+        multilabel=multilabel, augment=_augment_option("none" if no_augment else augment_spec),
         num_workers=workers, device=device, compile=compile_model, log_every=log_every, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size)
-    try:
-        result = train(config, resume=resume, progress=not no_progress)
-    except USER_ERRORS as error:
-        raise click.ClickException(" ".join(str(error).split()) or type(error).__name__) from None
+        checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size, eval_max_files=eval_max_files)
+    result = _run(train, config, resume=resume, progress=not no_progress)
     click.echo(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
 
 
@@ -105,17 +164,16 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--files", type=click.Choice(["validation", "all"]), default="validation", show_default=True,
               help="The run's validation split, or every labelled done file of STORE (a test store).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
+@click.option("--device", default=DEFAULT["device"], show_default=True)
+@click.option("--batch-size", type=int, default=DEFAULT["eval_batch_size"], show_default=True,
+              help="Windows per forward pass.")
 @click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
 def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, device: str, batch_size: int,
                      storage_options: str | None) -> None:
     """Evaluate a checkpoint: MAP, MAP with background species, top-1/top-5, class-wise mAP."""
     from train.evaluate import evaluate
 
-    try:
-        report = evaluate(checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
-                          storage_options=_json_option(storage_options, "--storage-options"))
-    except USER_ERRORS as error:
-        raise click.ClickException(" ".join(str(error).split()) or type(error).__name__) from None
+    options = _json_option(storage_options, "--storage-options")
+    report = _run(evaluate, checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
+                  storage_options=options)
     click.echo(json.dumps(report, indent=2))
