@@ -47,7 +47,9 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Switches and strengths of every augmentation; the field defaults are the ``default`` preset.
+    """Switches and strengths of every augmentation; the field defaults are the ``default`` preset
+    (time crop and dilation on, the rest off with the paper's strengths kept, so that
+    ``default,frequency_crop=true`` or ``default,noise_or_local=true`` turns one on at that strength).
 
     Attributes:
         time_crop: random time offset of the crop inside the read window.
