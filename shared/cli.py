@@ -17,6 +17,9 @@ SUBCOMMANDS = {
     "synth": ("featurize.cli", "synth_command"),
     "train": ("train.cli", "train_command"),
     "evaluate": ("train.cli", "evaluate_command"),
+    "predict": ("shared.compose", "predict_command"),
+    "explain": ("shared.compose", "explain_command"),
+    "score": ("train.score", "score_command"),
 }
 
 

@@ -36,3 +36,42 @@ def small_corpus(tmp_path: Path) -> Path:
             seconds = 3.0 + 2 * k
             write(root / label / f"{label}{k}.wav", tone(freq, seconds, amplitude=0.3) + noise(seconds, seed=k))
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny trained model for the prediction-side tests, made once per session.
+
+    3 synthetic species x 6 recordings of 3-8 s (clips under 4 s are self-concatenated), a small
+    image (64 rows, 0.75 s per 64 px), timm's ``test_efficientnet`` trained 60 steps on 2 s crops.
+    Returns a namespace: ``root``, ``audio`` (folder), ``labels``, ``calls`` (csv paths), ``store``,
+    ``checkpoint``, ``config`` (the FeaturizerConfig).
+    """
+    from types import SimpleNamespace
+
+    from featurize.pipeline import featurize_store
+    from featurize.synthetic import make_dataset
+    from shared.config import FeaturizerConfig
+    from train.config import RunConfig, StageConfig
+    from train.loop import train
+
+    root = tmp_path_factory.mktemp("trained")
+    config = FeaturizerConfig(image_height=64, image_seconds=0.75, min_duration=4.0)
+    info = make_dataset(root / "data", n_species=3, files_per_species=6, min_seconds=3.0, max_seconds=8.0, seed=3)
+    store = str(root / "train.zarr")
+    featurize_store(info["paths"]["audio"], store, config=config, metadata=info["paths"]["labels"], labels="csv")
+    run = RunConfig(store=store, out=str(root / "run"), backbone="test_efficientnet", crop_seconds=2.0,
+                    attention_hidden=16, validation_fraction=0.2, augment=_no_augment(),
+                    stage1=StageConfig(steps=10, batch_size=8, lr=3e-3, warmup_steps=2, train_backbone=False),
+                    stage2=StageConfig(steps=50, batch_size=8, lr=3e-3, warmup_steps=5, train_backbone=True),
+                    num_workers=0, log_every=10, eval_every=0, checkpoint_every=0, eval_batch_size=16)
+    result = train(run, progress=False)
+    return SimpleNamespace(root=root, audio=Path(info["paths"]["audio"]), labels=Path(info["paths"]["labels"]),
+                           calls=Path(info["paths"]["calls"]), store=store, checkpoint=Path(result["checkpoint"]),
+                           config=config, validation=result["validation"])
+
+
+def _no_augment():
+    from train.augment import AugmentConfig
+
+    return AugmentConfig.from_spec("none")

@@ -91,3 +91,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """``run_dir/checkpoints/last.pt`` if present."""
     path = Path(run_dir) / "checkpoints" / "last.pt"
     return path if path.is_file() else None
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, hex (a checkpoint's identity in prediction settings and resume keys)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
