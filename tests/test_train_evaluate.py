@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.evaluate import predict_files
+from train.inference import recording_probabilities
 
 CROP = 10  # px per window
 SCALE = 8.0  # logit per unit of pixel brightness
@@ -44,13 +44,17 @@ class WindowScorer(nn.Module):
 
 
 class ImageStore:
-    """The two things :func:`predict_files` reads from a feature store."""
+    """What :func:`recording_probabilities` reads from a feature store: widths, windows, classes."""
 
     def __init__(self, images: list[np.ndarray]) -> None:
         self.images, self.classes = images, ["a", "b", "c"]
+        self.table = {"n_frames": np.array([image.shape[-1] for image in images])}
 
-    def image(self, index: int) -> np.ndarray:
-        return self.images[index]
+    def window(self, index: int, start: int, width: int) -> np.ndarray:
+        out = np.zeros(self.images[index].shape[:2] + (width,), dtype=np.uint8)
+        part = self.images[index][:, :, start:start + width]
+        out[:, :, :part.shape[-1]] = part
+        return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -87,7 +91,7 @@ def test_prediction_is_the_mean_softmax_over_every_covering_window(batch_size):
     expected_short = window_probabilities(padded, [0])[0]
 
     store = ImageStore([short, long])
-    result = predict_files(WindowScorer(), store, [1, 0, 1], crop_width=CROP, device=torch.device("cpu"),
-                           batch_size=batch_size)
+    result = recording_probabilities(WindowScorer(), store, [1, 0, 1], crop_width=CROP,
+                                     device=torch.device("cpu"), batch_size=batch_size)
     assert result.shape == (3, 3) and result.dtype == np.float64
     np.testing.assert_allclose(result, [expected_long, expected_short, expected_long], rtol=1e-5)

@@ -22,7 +22,8 @@ from train.cli import evaluate_command, train_command
 from train.config import RunConfig, StageConfig, UserError, crop_width_px
 from train.curves import read_metrics
 from train.dataset import WindowDataset, WindowSampler, trainable_indices
-from train.evaluate import evaluate, window_starts
+from train.evaluate import evaluate
+from train.windows import window_starts
 from train.loop import derived_seed, train
 from train.model import build_model
 
