@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -60,6 +61,9 @@ def _stop_client(client: Any, *, own_cluster: bool) -> None:
               help="Serve the local cluster's dask dashboard and print its address (adds about 0.8 s of start-up).")
 @click.option("--retry-failed", is_flag=True, help="Featurize files that failed in an earlier run again.")
 @click.option("--new-audio-root", is_flag=True, help="The store's recordings moved to AUDIO_DIR: accept the new path.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A featurizer config JSON (e.g. a run's featurizer_config.json): reproduces that store's images. "
+                   "Replaces the image options below.")
 @click.option("--min-duration", type=float, default=_DEFAULT.min_duration, show_default=True,
               help="Seconds; shorter clips are self-concatenated.")
 @click.option("--hop-lengths", type=(int, int, int), default=_DEFAULT.hop_lengths, show_default=True,
@@ -80,7 +84,7 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
                       workers: int | None, serial: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
                       min_duration: float, hop_lengths: tuple[int, int, int], time_resize: str,
                       frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int,
-                      zstd_level: int, storage_options: dict | None) -> None:
+                      zstd_level: int, storage_options: dict | None, config_file: str | None) -> None:
     """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
     import gc
     import logging
@@ -93,12 +97,8 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("soundception").addHandler(handler)
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    try:
-        config = FeaturizerConfig(min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
-                                  frequency_resize=frequency_resize,
-                                  clip_percentiles=clip_percentiles)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
+    config = _config(config_file, min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
+                     frequency_resize=frequency_resize, clip_percentiles=clip_percentiles)
     client = None if serial else _start_client(scheduler, workers, dashboard)
     bar = Progress(None, desc="featurize", unit="file")  # a bar on a terminal, plain lines in a log
 
@@ -121,6 +121,25 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
             _stop_client(client, own_cluster=not scheduler)
     for line in summary.lines():
         click.echo(line)
+
+
+def _config(config_file: str | None, **options: Any) -> FeaturizerConfig:
+    """The featurizer config from ``--config FILE`` or from the image options; not both."""
+    context = click.get_current_context()
+    given = [name for name in options
+             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    try:
+        if config_file is None:
+            return FeaturizerConfig(**options)
+        if given:
+            raise click.UsageError(f"--config replaces the image options; drop --{given[0].replace('_', '-')} "
+                                   f"or edit {config_file}")
+        data = parse_json_option(Path(config_file).read_text(encoding="utf-8"), config_file)
+        if data is None:
+            raise ValueError("the file is empty")
+        return FeaturizerConfig.from_dict(data)
+    except ValueError as error:
+        raise click.UsageError(f"{config_file or 'options'}: {error}") from None
 
 
 @click.command("inspect")

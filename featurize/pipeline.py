@@ -364,7 +364,7 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                     metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
                     time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
-                    new_audio_root: bool = False,
+                    new_audio_root: bool = False, only: Sequence[str] | None = None,
                     progress: Callable[[int, int], Any] | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
@@ -373,11 +373,15 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     folder (refused otherwise, unless ``new_audio_root`` says the same files moved); its class
     list only grows, so labels already stored keep their meaning. ``client`` is a dask ``Client`` or
     None for the serial path. ``progress(finished, total)`` is called with the number of files
-    finished and the number submitted.
+    finished and the number submitted. ``only``: featurize just these file ids (paths relative to
+    ``audio_root``); the others under the root are left out of the store.
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
     labelling = label_recordings(audio_root, metadata=metadata, source=labels)
+    if only is not None:
+        wanted = set(only)
+        labelling = dataclasses.replace(labelling, recordings=[r for r in labelling.recordings if r.id in wanted])
     group, rows = prepare_store(labelling, audio_root, store_url, config, new_audio_root=new_audio_root,
                                 storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level)
     plan = plan_jobs(labelling.recordings, rows, schema.as_strings(group["status"][...]), retry_failed=retry_failed)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from shared.reader import FeatureStore
+from shared.text import one_line
 from train.augment import to_float
 from train.runtime import autocast
 from train.windows import window_starts
@@ -35,6 +36,7 @@ class FileWindows:
         probabilities: float32 ``(n_windows, n_classes)`` softmax of the main logits.
         temporal: float32 ``(n_windows, T16)`` temporal (auxiliary) attention, or ``None``.
         time_frequency: float32 ``(n_windows, F32, T32)`` time-frequency (main) attention, or ``None``.
+        error: why a window of this file could not be read (its results are then not to be used).
     """
 
     position: int
@@ -43,6 +45,7 @@ class FileWindows:
     probabilities: np.ndarray
     temporal: np.ndarray | None
     time_frequency: np.ndarray | None
+    error: str = ""
 
     def recording_scores(self) -> np.ndarray:
         """The recording's scores: mean of the windows' softmax, float64 ``(n_classes,)``."""
@@ -50,7 +53,11 @@ class FileWindows:
 
 
 class WindowReader(Dataset):
-    """``(position, store index, start px)`` items -> ``(position, start, uint8 (C, H, width))``."""
+    """``(position, store index, start px)`` items -> ``(position, start, uint8 (C, H, width), error)``.
+
+    A window that cannot be read (a corrupt or missing chunk) comes back black with the reason in
+    ``error``, so one bad file fails alone instead of stopping the loader.
+    """
 
     def __init__(self, store: FeatureStore, items: Sequence[tuple[int, int, int]], width: int) -> None:
         self.store, self.items, self.width = store, list(items), int(width)
@@ -58,9 +65,13 @@ class WindowReader(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, item: int) -> tuple[int, int, torch.Tensor]:
+    def __getitem__(self, item: int) -> tuple[int, int, torch.Tensor, str]:
         position, index, start = self.items[item]
-        return position, start, torch.from_numpy(self.store.window(index, start, self.width))
+        try:
+            return position, start, torch.from_numpy(self.store.window(index, start, self.width)), ""
+        except Exception as error:  # noqa: BLE001 - any read failure is this file's, reported with it
+            shape = (len(self.store.config.fft_windows), self.store.config.image_height, self.width)
+            return position, start, torch.zeros(shape, dtype=torch.uint8), one_line(error)
 
 
 def window_items(store: FeatureStore, indices: Sequence[int], *, width: int, hop: int) -> list[tuple[int, int, int]]:
@@ -102,10 +113,10 @@ def file_windows(model: torch.nn.Module, store: FeatureStore, indices: Sequence[
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     was_training = model.training
     model.eval()
-    pending: dict[str, list] = {"starts": [], "probabilities": [], "temporal": [], "time_frequency": []}
+    pending: dict[str, list] = {"starts": [], "probabilities": [], "temporal": [], "time_frequency": [], "errors": []}
     current = None
     try:
-        for positions, starts, windows in loader:
+        for positions, starts, windows, errors in loader:
             probabilities, temporal, time_frequency = forward_windows(model, windows, device)
             for k, position in enumerate(positions.tolist()):
                 if current is not None and position != current:
@@ -113,6 +124,8 @@ def file_windows(model: torch.nn.Module, store: FeatureStore, indices: Sequence[
                 current = position
                 pending["starts"].append(int(starts[k]))
                 pending["probabilities"].append(probabilities[k])
+                if errors[k]:
+                    pending["errors"].append(errors[k])
                 if attention:
                     pending["temporal"].append(None if temporal is None else temporal[k])
                     pending["time_frequency"].append(None if time_frequency is None else time_frequency[k])
@@ -129,7 +142,8 @@ def _collect(position: int, index: int, pending: dict[str, list], attention: boo
 
     result = FileWindows(position=position, index=index, starts=np.array(pending["starts"], dtype=np.int64),
                          probabilities=np.stack(pending["probabilities"]).astype(np.float32),
-                         temporal=stacked("temporal"), time_frequency=stacked("time_frequency"))
+                         temporal=stacked("temporal"), time_frequency=stacked("time_frequency"),
+                         error=pending["errors"][0] if pending["errors"] else "")
     for values in pending.values():
         values.clear()
     return result

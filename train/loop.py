@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared.config import FeaturizerConfig
 from shared.progress import Progress
 from shared.reader import FeatureStore
 from train import runtime as rt
@@ -108,7 +109,7 @@ def set_up(config: RunConfig, *, resume: bool) -> tuple[Run, dict[str, Any] | No
         split = split_files(store, validation_fraction=config.validation_fraction, seed=config.seed)
     model = initial_model(config, len(store.classes), payload, runtime.device)  # a bad backbone fails here
     if runtime.is_main:
-        write_run_folder(config, split, resumed_step=None if payload is None else int(payload["step"]))
+        write_run_folder(config, split, store.config, resumed_step=None if payload is None else int(payload["step"]))
     crop_width = crop_width_px(config.crop_seconds, store.config)
     run = Run(config=config, runtime=runtime, store=store, split=split, model=model, crop_width=crop_width,
               window_width=read_width(crop_width, config.augment))
@@ -131,11 +132,14 @@ def resumed_checkpoint(config: RunConfig, store: FeatureStore) -> dict[str, Any]
     return payload
 
 
-def write_run_folder(config: RunConfig, split: Split, *, resumed_step: int | None) -> None:
-    """``run_config.json`` and ``split.json``; metrics logged after the resumed step are forgotten."""
+def write_run_folder(config: RunConfig, split: Split, store_config: FeaturizerConfig, *,
+                     resumed_step: int | None) -> None:
+    """``run_config.json``, ``featurizer_config.json`` and ``split.json``; metrics after the resumed step are dropped."""
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.write(run_dir / "run_config.json")
+    # the featurizer config the model expects, so `soundception featurize --config` can reproduce its images
+    (run_dir / "featurizer_config.json").write_text(json.dumps(store_config.to_dict(), indent=2) + "\n")
     (run_dir / "split.json").write_text(json.dumps(split.to_dict(), indent=1) + "\n")
     metrics_path = run_dir / "metrics.jsonl"
     # a fresh run keeps no records of an earlier, checkpoint-less attempt; a resumed one drops the

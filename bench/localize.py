@@ -1,0 +1,350 @@
+"""Benchmark: does the temporal attention, learned from recording labels only, mark the calls?
+
+Makes a synthetic 5-species set with the project's generator (calls of 0.1-1.5 s in their own
+bands, a quieter background species in half the files, pink or white noise at a low
+signal-to-noise ratio) and keeps the true call times (``calls.csv``, as ``soundception synth``
+writes it). Recordings of 6-40 s are featurized with ``min_duration`` 20 s, so the short ones are
+self-concatenated. ``mobilenetv3_small_100`` is trained from random weights on the CPU once per
+pooling of the temporal attention (same data, seed and steps):
+
+* ``weighted mean``: ``sum_t(x_t a_t) / sum_t(a_t)``, blind to the activity's overall level;
+* ``plain mean``: ``mean_t(x_t a_t)``, the element-wise product of paper 3.2 averaged over time.
+
+On the run's validation files (never trained on) every window (hop: half a window, as
+``soundception predict``) gives its temporal attention; each step is mapped back to the original
+recording (self-concatenation undone) and labelled active when its time lies inside a call. The
+table gives the ROC AUC of attention against that mask, pooled over all steps of all held-out
+files (any call; main species only), the segment MAP (BirdCLEF MAP over segments holding a call,
+truth: every species calling in the segment) of :func:`train.segments.segment_scores` against
+every segment getting its recording's mean softmax (no localisation), and the recording MAP.
+
+    .venv/bin/python bench/localize.py                 # 2 trainings, about 12 min on 2 idle cores
+    .venv/bin/python bench/localize.py --steps 150     # a quick look
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.attention import ATTENTION, TemporalAttention, register_attention  # noqa: E402
+from train.inference import FileWindows  # noqa: E402
+from train.segments import step_times  # noqa: E402
+
+SEGMENT_SECONDS = (5.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- the two poolings
+
+
+@register_attention("bench_temporal_weighted_mean")
+class WeightedMeanTemporalAttention(TemporalAttention):
+    """Temporal attention pooled by ``sum_t(x_t a_t) / sum_t(a_t)``: ``(B, C, F, T)`` -> ``(B, C)``, ``(B, T)``."""
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        per_time = features.mean(dim=2)
+        activity = torch.sigmoid(self.detector(per_time)).squeeze(1)
+        pooled = (per_time * activity[:, None, :]).sum(dim=2) / (activity.sum(dim=1, keepdim=True) + 1e-6)
+        return pooled, activity
+
+
+@register_attention("bench_temporal_plain_mean")
+class PlainMeanTemporalAttention(TemporalAttention):
+    """Temporal attention pooled by ``mean_t(x_t a_t)``: ``(B, C, F, T)`` -> ``(B, C)``, ``(B, T)``."""
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        per_time = features.mean(dim=2)
+        activity = torch.sigmoid(self.detector(per_time)).squeeze(1)
+        return (per_time * activity[:, None, :]).mean(dim=2), activity
+
+
+POOLINGS = {"weighted mean": "bench_temporal_weighted_mean", "plain mean": "bench_temporal_plain_mean"}
+
+
+def library_pooling() -> str:
+    """Which of :data:`POOLINGS` ``train.attention.TemporalAttention`` computes (checked on random input)."""
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 3, 12)
+    library = TemporalAttention(8, hidden=4)
+    with torch.no_grad():
+        expected = library(features)[0]
+        for name, registered in POOLINGS.items():
+            variant = ATTENTION[registered](8, hidden=4)
+            variant.load_state_dict(library.state_dict())
+            if torch.allclose(variant(features)[0], expected, atol=1e-6):
+                return name
+    return "neither"
+
+
+# ---------------------------------------------------------------------------------------------- the measures
+
+
+@dataclass(frozen=True)
+class Call:
+    """One true call: ``species`` (class index), ``start`` and ``end`` (s, original recording), ``background``."""
+
+    species: int
+    start: float
+    end: float
+    background: bool
+
+
+def call_mask(seconds: np.ndarray, calls: list[Call]) -> np.ndarray:
+    """bool, same shape as ``seconds``: the time lies inside a call (``start <= t < end``); NaN is False."""
+    seconds = np.asarray(seconds, dtype=np.float64)
+    inside = np.zeros(seconds.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for call in calls:
+            inside |= (seconds >= call.start) & (seconds < call.end)
+    return inside
+
+
+def step_labels(windows: FileWindows, calls: list[Call], *, width: int, n_frames: int, duration: float,
+                pixels_per_second: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every attention step of one file with its original time and whether a call sounds then.
+
+    Steps over a window's zero padding are dropped; self-concatenated repeats map to the same time.
+
+    Returns:
+        attention float32 ``(n,)``, seconds float64 ``(n,)`` in the original recording, active bool ``(n,)``.
+    """
+    if windows.temporal is None or windows.temporal.ndim != 2:
+        raise ValueError("step labels need the temporal attention per time step, (n_windows, T16)")
+    times = step_times(windows, windows.temporal.shape[1], width=width, n_frames=n_frames, duration=duration,
+                       pixels_per_second=pixels_per_second)
+    keep = ~np.isnan(times)
+    return windows.temporal[keep], times[keep], call_mask(times[keep], calls)
+
+
+def activity_auc(attention: np.ndarray, active: np.ndarray) -> float:
+    """ROC AUC of ``attention`` (n,) as a detector of ``active`` (n,) bool; ties count half."""
+    from sklearn.metrics import roc_auc_score
+
+    attention, active = np.asarray(attention, dtype=np.float64), np.asarray(active, dtype=bool)
+    if attention.shape != active.shape or attention.ndim != 1:
+        raise ValueError(f"attention {attention.shape} and active {active.shape} must be equal 1-D shapes")
+    if active.all() or not active.any():
+        raise ValueError("the AUC needs both active and silent steps")
+    return float(roc_auc_score(active, attention))
+
+
+def segment_truth(bounds: np.ndarray, calls: list[Call], n_classes: int) -> np.ndarray:
+    """bool ``(S, n_classes)``: species with a call overlapping segment ``[start, end)`` (touching is not overlap)."""
+    bounds = np.asarray(bounds, dtype=np.float64)
+    truth = np.zeros((len(bounds), n_classes), dtype=bool)
+    for call in calls:
+        truth[(bounds[:, 0] < call.end) & (bounds[:, 1] > call.start), call.species] = True
+    return truth
+
+
+def read_calls(path: Path, classes: list[str]) -> dict[str, list[Call]]:
+    """``calls.csv`` (file,species,start,end,low_hz,high_hz,background) -> file id -> its calls."""
+    by_file: dict[str, list[Call]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            by_file.setdefault(row["file"], []).append(Call(classes.index(row["species"]), float(row["start"]),
+                                                            float(row["end"]), row["background"] == "1"))
+    return by_file
+
+
+# ---------------------------------------------------------------------------------------------- data and training
+
+
+def make_audio(root: Path, *, n_species: int, files_per_species: int, seconds: tuple[float, float],
+               snr_db: tuple[float, float], seed: int, sample_rate: int = 22050) -> None:
+    """Write ``root/audio/<species>/<file>.wav``, ``root/labels.csv`` and ``root/calls.csv`` (synth's layout).
+
+    Durations (s) are log-uniform in ``seconds``; the signal-to-noise ratio (dB, against the main
+    species' calls while they sound) is uniform in ``snr_db``.
+    """
+    import soundfile
+
+    from featurize.synthetic import render_recording, species_table
+
+    table = species_table(n_species)
+    labels, calls = [["path", "label", "background"]], [["file", "species", "start", "end", "low_hz", "high_hz",
+                                                          "background"]]
+    for k in range(n_species * files_per_species):
+        rng = np.random.default_rng([seed, k])
+        main = table[k // files_per_species]
+        others = [s for s in table if s["id"] != main["id"]]
+        background = [others[rng.integers(len(others))]] if rng.random() < 0.5 else []
+        duration = math.exp(rng.uniform(math.log(seconds[0]), math.log(seconds[1])))
+        audio, placed = render_recording(duration=duration, main=main, background=background,
+                                         sample_rate=sample_rate, rng=rng, snr_db=rng.uniform(*snr_db))
+        relative = f"{main['id']}/XC{k + 1:06d}.wav"
+        (root / "audio" / main["id"]).mkdir(parents=True, exist_ok=True)
+        soundfile.write(root / "audio" / relative, audio, sample_rate, subtype="PCM_16")
+        labels.append([relative, main["id"], ";".join(b["id"] for b in background)])
+        calls += [[relative, c["species"], f"{c['start']:.3f}", f"{c['end']:.3f}", c["low_hz"], c["high_hz"],
+                   int(c["background"])] for c in placed]
+    for name, rows in (("labels.csv", labels), ("calls.csv", calls)):
+        with open(root / name, "w", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(rows)
+
+
+def train_once(store: str, out: Path, *, aux_attention: str, seed: int, steps: int, crop_seconds: float,
+               batch_size: int) -> tuple[Path, float, float]:
+    """One run from random weights; returns its checkpoint, recording MAP (validation files) and seconds."""
+    from train.augment import AugmentConfig
+    from train.config import RunConfig, StageConfig
+    from train.loop import train
+
+    config = RunConfig(
+        store=store, out=str(out), backbone="mobilenetv3_small_100", aux_attention=aux_attention,
+        crop_seconds=crop_seconds, seed=seed, validation_fraction=0.25, augment=AugmentConfig.from_spec("default"),
+        stage1=StageConfig(steps=0, batch_size=batch_size, lr=2e-3, warmup_steps=5, train_backbone=False),
+        stage2=StageConfig(steps=steps, batch_size=batch_size, lr=2e-3, warmup_steps=10, train_backbone=True),
+        num_workers=0, device="cpu", log_every=10, eval_every=0, checkpoint_every=0)
+    started = time.perf_counter()
+    result = train(config, progress=False)
+    return Path(result["checkpoint"]), result["validation"]["map"], time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------- measuring one run
+
+
+def measure(checkpoint: Path, store_url: str, calls: dict[str, list[Call]]) -> dict[str, float]:
+    """Attention AUC and segment MAP of one trained run on its validation files (see the module docstring)."""
+    from shared.reader import FeatureStore
+    from train.dataset import Split
+    from train.inference import file_windows
+    from train.metrics import mean_average_precision
+    from train.segments import segment_scores
+    from train.trained import load_trained_model
+    import json
+
+    trained = load_trained_model(checkpoint)
+    store = FeatureStore(store_url)
+    indices = Split.from_dict(json.loads((checkpoint.parents[1] / "split.json").read_text())).validation
+    pps, nyquist = trained.featurizer_config.pixels_per_second, trained.featurizer_config.sample_rate / 2
+    steps: dict[str, list[np.ndarray]] = {"attention": [], "any": [], "main": []}
+    segments: dict[float, dict[str, list[np.ndarray]]] = {s: {"attention": [], "recording": [], "truth": []}
+                                                         for s in SEGMENT_SECONDS}
+    for windows in file_windows(trained.model, store, indices, width=trained.crop_width,
+                                hop=trained.crop_width // 2, device=trained.device, attention=True):
+        file_calls = calls[str(store.ids[windows.index])]
+        geometry = {"width": trained.crop_width, "n_frames": int(store.table["n_frames"][windows.index]),
+                    "duration": float(store.table["duration"][windows.index]), "pixels_per_second": pps}
+        attention, seconds, active = step_labels(windows, file_calls, **geometry)
+        steps["attention"].append(attention)
+        steps["any"].append(active)
+        steps["main"].append(call_mask(seconds, [c for c in file_calls if not c.background]))
+        for length, kept in segments.items():
+            scored = segment_scores(windows, **geometry, segment_seconds=length, nyquist=nyquist)
+            truth = segment_truth(scored.bounds, file_calls, len(store.classes))
+            called = truth.any(axis=1)
+            kept["attention"].append(scored.scores[called])
+            kept["recording"].append(np.tile(windows.recording_scores(), (int(called.sum()), 1)))
+            kept["truth"].append(truth[called])
+    attention = np.concatenate(steps["attention"])
+    result = {"files": len(indices), "steps": attention.size, "active": float(np.concatenate(steps["any"]).mean()),
+              "auc_any": activity_auc(attention, np.concatenate(steps["any"])),
+              "auc_main": activity_auc(attention, np.concatenate(steps["main"]))}
+    for length, kept in segments.items():
+        truth = np.concatenate(kept["truth"])
+        result[f"segments_{length:g}"] = len(truth)
+        for key in ("attention", "recording"):
+            result[f"map_{length:g}_{key}"] = mean_average_precision(np.concatenate(kept[key]), truth)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- the table
+
+
+def print_table(results: dict[str, dict[str, float]], *, steps: int, library: str) -> None:
+    """One row per pooling: AUC any / main, segment MAP with attention and with the recording mean, recording MAP."""
+    head = "".join(f" {f'seg MAP {s:g} s att / mean':>26}" for s in SEGMENT_SECONDS)
+    print(f"\n{'pooling':<22} {'AUC any':>7} {'AUC main':>8}{head} {'rec MAP':>7} {'files':>5} {'steps':>6} "
+          f"{'train s':>7}")
+    for name, r in results.items():
+        label = name + (" (library)" if name == library else "")
+        cells = "".join(f" {r[f'map_{s:g}_attention']:>12.3f} / {r[f'map_{s:g}_recording']:.3f}" + " " * 5
+                        for s in SEGMENT_SECONDS)
+        print(f"{label:<22} {r['auc_any']:7.3f} {r['auc_main']:8.3f}{cells} {r['recording_map']:7.3f} "
+              f"{r['files']:5d} {r['steps']:6d} {r['seconds']:7.0f}")
+    any_row = next(iter(results.values()))
+    print(f"(training: {steps} steps; {any_row['active']:.0%} of the steps inside a call; segments holding a call: "
+          + ", ".join(f"{any_row[f'segments_{s:g}']} of {s:g} s" for s in SEGMENT_SECONDS) + ")")
+
+
+def build_store(root: Path, *, files_per_species: int, snr_db: tuple[float, float], image_height: int,
+                min_duration: float) -> str:
+    """Audio with its call times (made once) and its store under ``root``, featurized serially."""
+    from featurize.pipeline import featurize_store
+    from shared.config import FeaturizerConfig
+
+    started = time.perf_counter()
+    if not (root / "calls.csv").exists():
+        make_audio(root, n_species=5, files_per_species=files_per_species, seconds=(6.0, 40.0), snr_db=snr_db,
+                   seed=0)
+    store = str(root / "store.zarr")
+    summary = featurize_store(root / "audio", store, metadata=root / "labels.csv", labels="csv", client=None,
+                              config=FeaturizerConfig(image_height=image_height, min_duration=min_duration))
+    print(f"data: 5 species x {files_per_species} files of 6-40 s, SNR {snr_db[0]:g}..{snr_db[1]:g} dB, images "
+          f"{image_height} px high, min_duration {min_duration:g} s; featurized {summary.done} files (skipped "
+          f"{summary.skipped}) in {time.perf_counter() - started:.0f} s", flush=True)
+    return store
+
+
+@click.command()
+@click.option("--steps", type=int, default=400, show_default=True, help="Training steps per run (from scratch).")
+@click.option("--poolings", default=",".join(POOLINGS), show_default=True, help="Comma-separated, from the list.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Split, weights, windows and augmentation.")
+@click.option("--crop-seconds", type=float, default=3.0, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--image-height", type=int, default=128, show_default=True,
+              help="Featurizer image height (px; 299 in the paper); the column rate scales with it.")
+@click.option("--min-duration", type=float, default=20.0, show_default=True,
+              help="Shorter recordings are self-concatenated to this length (s).")
+@click.option("--snr-db", default="-10:0", show_default=True, help="Signal-to-noise ratio range (dB), low:high.")
+@click.option("--files-per-species", type=int, default=24, show_default=True)
+@click.option("--work", type=click.Path(file_okay=False), default=None,
+              help="Keep audio, store and runs here (data reused on a rerun) instead of a temporary folder.")
+def main(steps: int, poolings: str, seed: int, crop_seconds: float, batch_size: int, image_height: int,
+         min_duration: float, snr_db: str, files_per_species: int, work: str | None) -> None:
+    import shutil
+
+    from shared.reader import FeatureStore
+
+    names = poolings.split(",")
+    unknown = [n for n in names if n not in POOLINGS]
+    if unknown:
+        raise click.BadParameter(f"unknown {unknown}; choose from {list(POOLINGS)}", param_hint="--poolings")
+    low, high = (float(v) for v in snr_db.split(":"))
+    started = time.perf_counter()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(work or scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        store = build_store(root, files_per_species=files_per_species, snr_db=(low, high), image_height=image_height,
+                            min_duration=min_duration)
+        calls = read_calls(root / "calls.csv", FeatureStore(store).classes)
+        print(f"runs: mobilenetv3_small_100 from scratch, {steps} steps of batch {batch_size}, crop {crop_seconds} s, "
+              f"AdamW 2e-3, augment default, validation 25% of files, seed {seed}", flush=True)
+        for name in names:
+            out = root / "runs" / POOLINGS[name].removeprefix("bench_")
+            shutil.rmtree(out, ignore_errors=True)
+            checkpoint, recording_map, seconds = train_once(store, out, aux_attention=POOLINGS[name], seed=seed,
+                                                            steps=steps, crop_seconds=crop_seconds,
+                                                            batch_size=batch_size)
+            results[name] = {**measure(checkpoint, store, calls), "recording_map": recording_map, "seconds": seconds}
+            print(f"  {name}: AUC {results[name]['auc_any']:.3f} (any call), {results[name]['auc_main']:.3f} (main "
+                  f"only), recording MAP {recording_map:.3f}, {seconds:.0f} s", flush=True)
+    print_table(results, steps=steps, library=library_pooling())
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""``soundception predict`` and ``explain``: the one thin layer that may use both sides.
+
+Over a feature store they are pure trainer-side calls (:mod:`train.predict`, :mod:`train.explain`).
+Given audio instead, this layer featurizes it first with the checkpoint's own featurizer config
+(never retyped) into a scratch store under ``OUT/stores/``, resumable and reused on a rerun, and
+then predicts from that store: the store stays the one pipe between the two sides. Everything is
+imported inside the commands, so importing this module loads neither torch nor dask, and a GPU box
+with only the train extra can still predict from a store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.text import parse_json_option
+
+SERIAL_SECONDS = 300.0  # less audio than this is featurized in-process: a local cluster's start costs more
+
+
+def _json(text: str | None, name: str) -> dict | None:
+    try:
+        return parse_json_option(text, name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint=name) from None
+
+
+def audio_inputs(inputs: Sequence[str]) -> tuple[Path, dict[str, Path]]:
+    """Audio files and folders -> their common root and ``{file id: path}`` (ids relative to the root).
+
+    Raises:
+        click.UsageError: an input that is neither an audio file nor a folder holding audio.
+    """
+    from featurize.audio import AUDIO_EXTENSIONS
+    from featurize.labels import discover_audio
+
+    files: list[Path] = []
+    for text in inputs:
+        path = Path(text).resolve()
+        if path.is_dir():
+            found = discover_audio(path)
+            if not found:
+                raise click.UsageError(f"{text}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise click.UsageError(f"{text}: no such file or folder")
+    files = sorted(set(files))
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    return root, {f.relative_to(root).as_posix(): f for f in files}
+
+
+def featurize_inputs(root: Path, files: dict[str, Path], out: Path, featurizer_config: Any, *, workers: int | None,
+                     progress: bool) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Featurize ``files`` into ``OUT/stores/<root hash>.zarr`` with the checkpoint's config.
+
+    A file whose size or modification time changed since it was featurized is done again; files
+    that fail to decode are recorded in the store as failed and reported by ``predict``.
+    Returns the store path and ``{file id: {"size", "mtime", "path"}}``.
+    """
+    import zarr
+
+    from featurize import store as store_io
+    from featurize.pipeline import featurize_store, local_client
+    from shared import schema
+
+    store = out / "stores" / (hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12] + ".zarr")
+    sources = {i: {"size": p.stat().st_size, "mtime": p.stat().st_mtime_ns, "path": str(p)} for i, p in files.items()}
+    if store.exists():  # audio edited in place since the scratch store was made: featurize it again
+        group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+        known = group.attrs.get("sources", {})
+        ids = schema.as_strings(group[schema.FILE][...])
+        stale = {row: {"status": schema.PENDING} for row, i in enumerate(ids) if i in sources and i in known
+                 and known[i] != {k: sources[i][k] for k in ("size", "mtime")}}
+        store_io.write_fields(group, stale)
+    seconds = sum(p.stat().st_size for p in files.values()) / (44100 * 2)  # rough: 16-bit mono 44.1 kHz
+    client = None if (workers == 0 or (workers is None and seconds < SERIAL_SECONDS)) else local_client(workers)
+    try:
+        summary = featurize_store(root, str(store), config=featurizer_config, labels="none", client=client,
+                                  only=list(files), new_audio_root=False)
+    finally:
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
+    group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+    known = dict(group.attrs.get("sources", {}))
+    known.update({i: {k: s[k] for k in ("size", "mtime")} for i, s in sources.items()})
+    group.attrs["sources"] = known
+    if progress:
+        click.echo(f"featurized {summary.submitted} file(s) into {store} ({summary.skipped} already there)", err=True)
+    return str(store), sources
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A training checkpoint (runs/NAME/checkpoints/last.pt).")
+@click.option("--store", default=None, help="Predict every done recording of this feature store (instead of audio).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--format", "formats", default="csv", show_default=True,
+              help="Comma-separated: csv, raven, audacity, birdclef.")
+@click.option("--segments", type=float, default=None,
+              help="Score segments of this many seconds (e.g. 5) instead of one list per recording.")
+@click.option("--hop", type=float, default=None, help="Seconds between windows [default: half a window].")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Species per recording or segment.")
+@click.option("--min-score", type=float, default=0.0, show_default=True, help="Leave out lower scores.")
+@click.option("--combined", is_flag=True, help="One Raven table for all recordings.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader processes reading windows.")
+@click.option("--featurize-workers", type=int, default=None,
+              help="Local dask workers to featurize audio (0: in this process) [default: by amount of audio].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None, out: str, formats: str,
+                    segments: float | None, hop: float | None, top_k: int, min_score: float, combined: bool,
+                    batch_size: int, workers: int, featurize_workers: int | None, device: str,
+                    storage_options: str | None, no_progress: bool) -> None:
+    """Predict species for AUDIO files/folders, or for a --store, with a trained checkpoint."""
+    from train.cli import _run
+    from train.predict import PredictOptions, predict_store
+    from train.runtime import resolve_device
+    from train.trained import load_trained_model
+
+    if bool(inputs) == bool(store):
+        raise click.UsageError("give either audio files/folders or --store, not both and not neither")
+    options = _run(PredictOptions, hop_seconds=hop, segment_seconds=segments, top_k=top_k, min_score=min_score,
+                   formats=tuple(f.strip() for f in formats.split(",") if f.strip()), combined=combined,
+                   batch_size=batch_size, workers=workers, device=device)
+    trained = _run(load_trained_model, checkpoint, resolve_device(device))
+    sources = None
+    try:
+        if inputs:
+            root, files = audio_inputs(inputs)
+            store, sources = featurize_inputs(root, files, Path(out), trained.featurizer_config,
+                                                        workers=featurize_workers, progress=not no_progress)
+        summary = _run(predict_store, checkpoint, store, out, options, trained=trained, sources=sources,
+                       storage_options=_json(storage_options, "--storage-options"),
+                       progress=not no_progress, file_ids=list(sources) if sources else None)
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted: recordings already predicted are kept in "
+                                   f"{Path(out) / 'journal'}; run the same command again to continue") from None
+    click.echo(f"predicted {summary['predicted']} recording(s), {summary['reused']} already done, "
+               f"{summary['failed']} failed (see {Path(out) / 'failures.csv'}); tables in {out}")
+
+
+@click.command("explain")
+@click.argument("audio", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", default=None, help="A feature store holding the recording (with --file).")
+@click.option("--file", "file_id", default=None, help="The recording's file id in --store.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--start", type=float, default=None, help="Window start, s [default: the most confident window].")
+@click.option("--seconds", type=float, default=None, help="Window length, s [default: the training window].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+def explain_command(audio: str | None, checkpoint: str, store: str | None, file_id: str | None, out: str,
+                    start: float | None, seconds: float | None, device: str, storage_options: str | None) -> None:
+    """Draw what the two attentions look at (paper figures 4 and 5) for AUDIO or --store/--file."""
+    from train.cli import _run
+    from train.explain import explain_file
+    from train.trained import load_trained_model
+
+    if bool(audio) == bool(store and file_id):
+        raise click.UsageError("give either AUDIO or both --store and --file")
+    if audio:
+        trained = _run(load_trained_model, checkpoint, "cpu")
+        root, files = audio_inputs([audio])
+        scratch = Path(out).resolve().parent / ".soundception-explain"
+        store, _ = featurize_inputs(root, files, scratch, trained.featurizer_config, workers=0, progress=False)
+        file_id = next(iter(files))
+    summary = _run(explain_file, checkpoint, store, file_id, out, start=start, seconds=seconds, device=device,
+                   storage_options=_json(storage_options, "--storage-options"))
+    top = ", ".join(f"{name} {p:.2f}" for _, name, p in summary["top"])
+    click.echo(f"wrote {out}: {summary['file']} from {summary['start_s']:.1f} s, top {top}")
+

@@ -1,0 +1,345 @@
+"""``soundception predict`` over a feature store: a checkpoint's answers as tables people open elsewhere.
+
+The work is listed first, recordings already predicted are dropped, then the rest stream through
+:func:`train.inference.file_windows`::
+
+    OUT/journal/<hash>.npz   one file per predicted recording, written atomically as it finishes:
+                             its key, recording scores and (with --segments) segment scores. A rerun
+                             skips every recording whose key matches; a crash loses nothing written.
+    OUT/predictions.csv, OUT/raven/, OUT/audacity/, OUT/birdclef/
+                             the chosen formats (:mod:`train.tables`), rebuilt from the journal at
+                             the end of every run, so they always hold every predicted recording.
+    OUT/failures.csv         file,stage,error: recordings that could not be featurized or read.
+    OUT/settings.json        checkpoint (path, sha256, step), options, versions, counts, times.
+
+A recording's key is its file id, its source file's size and modification time where the audio is
+known (else the store's image width and duration), the checkpoint's sha256 and the options that
+change scores (window hop, segment length). ``--top-k``, ``--min-score`` and formats only filter
+and can change on a rerun without predicting again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared import schema
+from shared.progress import Progress
+from shared.reader import FeatureStore
+from train import tables
+from train.config import UserError
+from train.inference import FileWindows, file_windows
+from train.runtime import resolve_device
+from train.segments import segment_scores
+from train.trained import TrainedModel, load_trained_model
+
+JOURNAL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict.
+
+    Attributes:
+        hop_seconds: seconds between window starts (``None``: half the training window).
+        segment_seconds: score segments of this length (``None``: one ranked list per recording).
+        top_k: at most this many species per recording or segment in the tables.
+        min_score: leave out scores below this (BirdCLEF run files ignore both filters and list
+            the challenge's 100 best species, which its MAP needs).
+        formats: any of :data:`train.tables.FORMATS`.
+        combined: one Raven table for all recordings instead of one per recording.
+        batch_size: windows per forward pass; workers: DataLoader processes reading windows.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+    """
+
+    hop_seconds: float | None = None
+    segment_seconds: float | None = None
+    top_k: int = 5
+    min_score: float = 0.0
+    formats: tuple[str, ...] = ("csv",)
+    combined: bool = False
+    batch_size: int = 8
+    workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in tables.FORMATS]
+        if unknown or not self.formats:
+            raise UserError(f"unknown format {unknown[0] if unknown else '(none)'}; choose from {list(tables.FORMATS)}")
+        if self.hop_seconds is not None and not self.hop_seconds > 0:
+            raise UserError(f"--hop must be positive seconds, got {self.hop_seconds}")
+        if self.segment_seconds is not None and not self.segment_seconds > 0:
+            raise UserError(f"--segments must be positive seconds, got {self.segment_seconds}")
+        if self.top_k < 1 or not 0.0 <= self.min_score <= 1.0:
+            raise UserError(f"--top-k must be >= 1 and --min-score in [0, 1], got {self.top_k} and {self.min_score}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size} and {self.workers}")
+
+
+@dataclass
+class Prediction:
+    """One recording's answers, as kept in the journal.
+
+    Attributes:
+        file: file id; duration: original length, s; path: the audio's path (for Raven).
+        scores: float32 ``(n_classes,)`` mean window softmax.
+        segments: float64 ``(S, 2)`` segment bounds, s; segment_scores float32 ``(S, n_classes)``;
+            bands float64 ``(S, 2)`` low/high Hz (all ``(0, ...)`` without segments).
+    """
+
+    file: str
+    duration: float
+    path: str
+    scores: np.ndarray
+    segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    segment_scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    bands: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+
+
+# ---------------------------------------------------------------------------------------------- journal
+
+
+def journal_path(out: Path, file_id: str) -> Path:
+    return out / "journal" / (hashlib.sha1(file_id.encode("utf-8")).hexdigest()[:20] + ".npz")
+
+
+def write_journal(out: Path, key: str, prediction: Prediction) -> None:
+    """Atomically write one recording's entry (a temporary file renamed into place)."""
+    path = journal_path(out, prediction.file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.stem + ".tmp.npz")
+    np.savez(temporary, key=np.array(key), file_id=np.array(prediction.file), path=np.array(prediction.path),
+             duration=np.array(prediction.duration), scores=prediction.scores, segments=prediction.segments,
+             segment_scores=prediction.segment_scores, bands=prediction.bands)
+    os.replace(temporary, path)
+
+
+def read_journal(out: Path, file_id: str, key: str) -> Prediction | None:
+    """The journal's entry for ``file_id`` if it was made with ``key``; ``None`` otherwise or if unreadable."""
+    path = journal_path(out, file_id)
+    try:
+        with np.load(path) as entry:
+            if str(entry["key"]) != key or str(entry["file_id"]) != file_id:
+                return None
+            return Prediction(file=file_id, duration=float(entry["duration"]), path=str(entry["path"]),
+                              scores=entry["scores"], segments=entry["segments"],
+                              segment_scores=entry["segment_scores"], bands=entry["bands"])
+    except (OSError, ValueError, KeyError, EOFError):  # missing, or cut short by a crash mid-write
+        return None
+
+
+def result_key(file_id: str, source: Mapping[str, Any], trained: TrainedModel, options: PredictOptions,
+               hop: int) -> str:
+    """What a recording's scores depend on, as one JSON string (see the module docstring)."""
+    return json.dumps({"journal": JOURNAL_VERSION, "file": file_id, "source": dict(source),
+                       "checkpoint": trained.digest, "hop_px": hop, "segment_seconds": options.segment_seconds},
+                      sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------ prediction
+
+
+def hop_px(trained: TrainedModel, options: PredictOptions) -> int:
+    seconds = options.hop_seconds if options.hop_seconds is not None else trained.crop_seconds / 2
+    return max(1, int(round(seconds * trained.featurizer_config.pixels_per_second)))
+
+
+def answer(windows: FileWindows, *, file_id: str, path: str, duration: float, n_frames: int, trained: TrainedModel,
+           options: PredictOptions) -> Prediction:
+    """One recording's :class:`Prediction` from its window results."""
+    prediction = Prediction(file=file_id, duration=duration, path=path, scores=windows.recording_scores())
+    if options.segment_seconds is not None:
+        config = trained.featurizer_config
+        segments = segment_scores(windows, width=trained.crop_width, n_frames=n_frames, duration=duration,
+                                  pixels_per_second=config.pixels_per_second, segment_seconds=options.segment_seconds,
+                                  nyquist=config.sample_rate / 2)
+        prediction.segments, prediction.segment_scores, prediction.bands = (segments.bounds, segments.scores,
+                                                                            segments.bands)
+    return prediction
+
+
+def detections(prediction: Prediction, trained: TrainedModel, *, top_k: int, min_score: float,
+               segments: bool) -> list[tables.Detection]:
+    """Table rows: the ``top_k`` best species (score >= ``min_score``) per recording or per segment."""
+    nyquist = trained.featurizer_config.sample_rate / 2
+    if segments:
+        spans = [(tuple(b), s, tuple(f)) for b, s, f in zip(prediction.segments, prediction.segment_scores,
+                                                             prediction.bands)]
+    else:
+        spans = [((0.0, prediction.duration), prediction.scores, (0.0, nyquist))]
+    rows = []
+    for (start, end), scores, (low, high) in spans:
+        order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:top_k]
+        for rank, c in enumerate(order, start=1):
+            if scores[c] >= min_score:
+                rows.append(tables.Detection(prediction.file, float(start), float(end), trained.classes[c],
+                                             trained.class_names[c], float(scores[c]), rank, float(low), float(high),
+                                             prediction.path).rounded())
+    return rows
+
+
+def write_tables(out: Path, predictions: Sequence[Prediction], trained: TrainedModel,
+                 options: PredictOptions) -> list[Path]:
+    """Every chosen format from the given predictions (in order); returns the files written."""
+    segments = options.segment_seconds is not None
+    rows = {p.file: detections(p, trained, top_k=options.top_k, min_score=options.min_score, segments=segments)
+            for p in predictions}
+    everything = [r for p in predictions for r in rows[p.file]]
+    written = []
+    if "csv" in options.formats:
+        written.append(tables.write_file(out / "predictions.csv", tables.csv_text(everything)))
+    if "raven" in options.formats:
+        if options.combined:
+            offsets = dict(zip([p.file for p in predictions],
+                               np.concatenate([[0.0], np.cumsum([p.duration for p in predictions])[:-1]])))
+            written.append(tables.write_file(out / "raven" / "combined.selections.txt",
+                                             tables.raven_text(everything, offsets=offsets)))
+        else:
+            written += [tables.write_file(out / "raven" / tables.table_name(p.file, ".selections.txt"),
+                                          tables.raven_text(rows[p.file])) for p in predictions]
+    if "audacity" in options.formats:
+        written += [tables.write_file(out / "audacity" / tables.table_name(p.file, ".txt"),
+                                      tables.audacity_text(rows[p.file])) for p in predictions]
+    if "birdclef" in options.formats:
+        written += write_birdclef(out / "birdclef", predictions, trained, options)
+    return written
+
+
+def write_birdclef(folder: Path, predictions: Sequence[Prediction], trained: TrainedModel,
+                   options: PredictOptions) -> list[Path]:
+    """The challenge's run files: per recording always; per segment with whole-second ``--segments``."""
+    ids = tables.media_ids([p.file for p in predictions])
+    top = tables.BIRDCLEF_MAX_SPECIES
+    recordings = [r for p in predictions for r in detections(p, trained, top_k=top, min_score=0.0, segments=False)]
+    written = [tables.write_file(folder / "recordings.txt", tables.birdclef_recording_text(recordings, ids))]
+    seconds = options.segment_seconds
+    if seconds is not None and float(seconds).is_integer():
+        segments = [r for p in predictions for r in detections(p, trained, top_k=top, min_score=0.0, segments=True)]
+        written.append(tables.write_file(folder / "segments.txt", tables.birdclef_segment_text(segments, ids)))
+    return written
+
+
+def write_failures(out: Path, failures: Sequence[tuple[str, str, str]]) -> Path:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("file", "stage", "error"))
+    writer.writerows(failures)
+    return tables.write_file(out / "failures.csv", text.getvalue())
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import timm
+    import torch
+    import zarr
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("soundception")
+    except PackageNotFoundError:
+        own = "unknown"
+    return {"soundception": own, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": numpy.__version__, "zarr": zarr.__version__}
+
+
+def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, options: PredictOptions = PredictOptions(),
+                  *, file_ids: Sequence[str] | None = None, sources: Mapping[str, Mapping[str, Any]] | None = None,
+                  failures: Sequence[tuple[str, str, str]] = (), storage_options: dict[str, Any] | None = None,
+                  progress: bool = True, trained: TrainedModel | None = None) -> dict[str, Any]:
+    """Predict every done recording of a store (or ``file_ids``) into ``out``; see the module docstring.
+
+    Args:
+        sources: file id -> ``{"size", "mtime", "path"}`` of its audio file, when known (audio input).
+        failures: earlier failures to report with this run's (``(file, stage, error)``).
+
+    Returns:
+        A summary: ``predicted`` (this run), ``reused`` (from the journal), ``failed``, ``tables``, ``out``.
+    """
+    started = time.time()
+    out = Path(out)
+    trained = trained or load_trained_model(checkpoint, resolve_device(options.device))
+    store = FeatureStore(store_url, storage_options)
+    trained.check_store(store)
+    table = store.table
+    position = {file_id: i for i, file_id in enumerate(store.ids)}
+    wanted = list(store.ids) if file_ids is None else list(file_ids)
+    missing = [f for f in wanted if f not in position]
+    if missing:
+        raise UserError(f"{store_url} has no file {missing[0]!r}")
+    failed = list(failures)
+    hop = hop_px(trained, options)
+    audio_root = str(store.attrs.get("audio_root", ""))
+    keys, paths, todo, ready = {}, {}, [], {}
+    for file_id in wanted:
+        index = position[file_id]
+        status = table["status"][index]
+        if status != schema.DONE:
+            reason = table["error"][index] if status == schema.FAILED else "not featurized yet (status pending)"
+            failed.append((file_id, "featurize", reason))
+            continue
+        source = dict((sources or {}).get(file_id) or {"n_frames": int(table["n_frames"][index]),
+                                                      "duration": float(table["duration"][index]),
+                                                      "store_config": store.config_hash})
+        paths[file_id] = str(source.pop("path", "") or os.path.join(audio_root, str(table["path"][index])))
+        keys[file_id] = result_key(file_id, source, trained, options, hop)
+        previous = read_journal(out, file_id, keys[file_id])
+        if previous is None:
+            todo.append(index)
+        else:
+            ready[file_id] = previous
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "featurizer_config.json").write_text(json.dumps(trained.featurizer_config.to_dict(), indent=2) + "\n")
+    reused = len(ready)
+    predicted = run_predictions(trained, store, todo, out, keys, paths, options, hop, failed, ready, progress)
+    done = [ready[f] for f in wanted if f in ready]
+    written = write_tables(out, done, trained, options)
+    write_failures(out, failed)
+    settings = {"checkpoint": str(trained.path), "checkpoint_sha256": trained.digest, "step": trained.step,
+                "config_hash": trained.config_hash, "store": store_url, "options": asdict(options),
+                "window_px": trained.crop_width, "hop_px": hop, "classes": len(trained.classes),
+                "versions": versions(), "predicted": predicted, "reused": reused, "failed": len(failed),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                "seconds": round(time.time() - started, 3)}
+    tables.write_file(out / "settings.json", json.dumps(settings, indent=2) + "\n")
+    return {"predicted": predicted, "reused": reused, "failed": len(failed), "recordings": len(done),
+            "tables": [str(p) for p in written], "out": str(out)}
+
+
+def run_predictions(trained: TrainedModel, store: FeatureStore, todo: list[int], out: Path, keys: dict[str, str],
+                    paths: dict[str, str], options: PredictOptions, hop: int, failed: list[tuple[str, str, str]],
+                    ready: dict[str, Prediction], progress: bool) -> int:
+    """Predict the store files ``todo``, journal each as it finishes; returns how many were predicted."""
+    table, ids = store.table, store.ids
+    audio_seconds = float(np.sum(table["duration"][todo])) if todo else 0.0
+    count, processed, seconds_done, started = 0, 0, 0.0, time.perf_counter()
+    with Progress(len(todo), desc="predict", unit="file", disable=not progress) as bar:
+        for windows in file_windows(trained.model, store, todo, width=trained.crop_width, hop=hop,
+                                    device=trained.device, batch_size=options.batch_size, workers=options.workers):
+            index = windows.index
+            file_id = str(ids[index])
+            if windows.error:
+                failed.append((file_id, "predict", windows.error))
+            else:
+                prediction = answer(windows, file_id=file_id, path=paths[file_id],
+                                    duration=float(table["duration"][index]), n_frames=int(table["n_frames"][index]),
+                                    trained=trained, options=options)
+                write_journal(out, keys[file_id], prediction)
+                ready[file_id] = prediction
+                count += 1
+            processed += 1
+            seconds_done += float(table["duration"][index])
+            bar.update(processed)
+            rate = seconds_done / 3600 / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(f"{rate:.3f} audio-h/s of {audio_seconds / 3600:.2f} h")
+    return count
