@@ -145,10 +145,13 @@ def test_explain_file_picks_and_clamps_windows(run, tmp_path):
     image = store.image(index)
     per_window = np.stack([direct_forward(trained, image[:, :, s:s + width])[0] for s in starts])
     top_class = int(np.argmax(per_window.mean(axis=0)))
-    best = starts[int(np.argmax(per_window[:, top_class]))]
 
     chosen = explain_file(trained_run.checkpoint, trained_run.store, file_id, tmp_path / "auto.png")
-    assert chosen["start_s"] == pytest.approx(best / pixels_per_second)
+    chosen_px = int(round(chosen["start_s"] * pixels_per_second))
+    assert chosen_px in starts  # one of prediction's windows, where the file's top species is likeliest
+    # (neighbouring windows 1 px apart score alike: compare scores, not positions)
+    assert per_window[starts.index(chosen_px), top_class] >= per_window[:, top_class].max() - 1e-4
+    assert per_window[:, top_class].max() - per_window[:, top_class].min() > 1e-3  # the choice matters
 
     late = explain_file(trained_run.checkpoint, trained_run.store, file_id, tmp_path / "late.png",
                         start=(n_frames - 10) / pixels_per_second)

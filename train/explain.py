@@ -123,6 +123,9 @@ def draw(image: np.ndarray, attention: Attention, out: str | Path, *, pixels_per
         class_names: names in the order of ``attention.probabilities``; ``label`` the true species.
         duration: the original recording's length, s; with ``image_seconds`` (the image's valid
             width, s) it marks repeats of a self-concatenated recording and the zero padding.
+
+    Returns:
+        The title and where each panel lies in the PNG (:class:`Drawing`).
     """
     import matplotlib
 
@@ -131,9 +134,12 @@ def draw(image: np.ndarray, attention: Attention, out: str | Path, *, pixels_per
 
     if image.ndim != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image (channel, freq, time), got {image.dtype} {image.shape}")
+    if attention.temporal.ndim != 1 or attention.time_frequency.ndim != 2:
+        raise ValueError(f"expected temporal (T,) and time-frequency (F, T) attention, got "
+                         f"{attention.temporal.shape} and {attention.time_frequency.shape}")
     if len(class_names) != len(attention.probabilities):
         raise ValueError(f"{len(class_names)} class names for {len(attention.probabilities)} probabilities")
-    channels, height, width = image.shape
+    _, height, width = image.shape
     end_s = start_s + width / pixels_per_second
     half_row = max_frequency / max(height - 1, 1) / 2
     extent = (start_s, end_s, -half_row, max_frequency + half_row)
@@ -146,27 +152,9 @@ def draw(image: np.ndarray, attention: Attention, out: str | Path, *, pixels_per
     map_axis = figure.add_subplot(grid[2, 0], sharex=picture_axis)
     figure.suptitle(title, fontsize=12)
 
-    picture = image.transpose(1, 2, 0) if channels == 3 else image[0]
-    picture_axis.imshow(picture, aspect="auto", extent=extent, cmap=None if channels == 3 else "gray")
-    _draw_marks(picture_axis, attention.temporal, start_s, end_s, extent)
-    picture_axis.set_ylabel("frequency (Hz)")
-    picture_axis.set_title(f"image (R, G, B = {', '.join(channel_names[:3])}); white marks on top: temporal attention",
-                           fontsize=10, loc="left")
-
-    steps = start_s + np.arange(len(attention.temporal) + 1) * (end_s - start_s) / len(attention.temporal)
-    curve_axis.stairs(attention.temporal, steps, fill=True, color="#3a6ea5", alpha=0.35)
-    curve_axis.stairs(attention.temporal, steps, color="#3a6ea5", linewidth=1.5)
-    curve_axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-    curve_axis.set_ylim(0, max(1.0, float(attention.temporal.max())) * 1.02)
-    curve_axis.set_ylabel("attention")
-    curve_axis.set_title("temporal attention (auxiliary branch, sigmoid per time step)", fontsize=10, loc="left")
-
-    shown = map_axis.imshow(attention.time_frequency, aspect="auto", extent=extent, cmap="gray",
-                            vmin=0, vmax=float(attention.time_frequency.max()) or 1.0, interpolation="nearest")
-    map_axis.set_ylabel("frequency (Hz)")
-    map_axis.set_xlabel("time from the start of the recording's image (s)")
-    map_axis.set_title("time-frequency attention (main branch, softmax over positions; white = most)",
-                       fontsize=10, loc="left")
+    _draw_image(picture_axis, image, attention.temporal, extent, channel_names)
+    _draw_curve(curve_axis, attention.temporal, start_s, end_s)
+    shown = _draw_map(map_axis, attention.time_frequency, extent)
     figure.colorbar(shown, cax=figure.add_subplot(grid[2, 1]), label="share of attention")
     picture_axis.set_xlim(start_s, end_s)
     for axis in (picture_axis, curve_axis):
@@ -177,22 +165,52 @@ def draw(image: np.ndarray, attention: Attention, out: str | Path, *, pixels_per
     _add_time_marks((picture_axis, curve_axis, map_axis), repeats, end_s, image_seconds)
     _legend(figure, repeats, image_seconds is not None and image_seconds < end_s, duration)
     figure.savefig(out, dpi=DPI, metadata={"Title": title})
-    return Drawing(title=title, repeats_s=repeats, panels={name: _box(figure, axis) for name, axis in
-                                        (("image", picture_axis), ("temporal", curve_axis),
-                                         ("time_frequency", map_axis))})
+    panels = {"image": picture_axis, "temporal": curve_axis, "time_frequency": map_axis}
+    return Drawing(title=title, repeats_s=repeats, panels={name: _box(figure, axis) for name, axis in panels.items()})
 
 
-def _draw_marks(axis: Any, temporal: np.ndarray, start_s: float, end_s: float, extent: tuple) -> None:
+def _draw_image(axis: Any, image: np.ndarray, temporal: np.ndarray, extent: tuple,
+                channel_names: tuple[str, ...]) -> None:
+    picture = image.transpose(1, 2, 0) if image.shape[0] == 3 else image[0]
+    axis.imshow(picture, aspect="auto", extent=extent, cmap=None if image.shape[0] == 3 else "gray")
+    _draw_marks(axis, temporal, extent)
+    axis.set_ylabel("frequency (Hz)")
+    axis.set_title(f"image (R, G, B = {', '.join(channel_names[:3])}); white marks on top: temporal attention",
+                   fontsize=10, loc="left")
+
+
+def _draw_marks(axis: Any, temporal: np.ndarray, extent: tuple) -> None:
     """A black band over the image's top edge (the highest rows) with one white mark per time step,
     its opacity the attention: white where the model attends, black where it does not."""
-    low, high = extent[2], extent[3]
-    band_bottom = high - MARK_BAND * (high - low)
-    axis.imshow(np.zeros((1, 1)), extent=(start_s, end_s, band_bottom, high), cmap="gray", vmin=0, vmax=1,
-                aspect="auto")
+    start_s, end_s, low, high = extent
+    band = (start_s, end_s, high - MARK_BAND * (high - low), high)
+    axis.imshow(np.zeros((1, 1)), extent=band, cmap="gray", vmin=0, vmax=1, aspect="auto")
     white = np.ones((1, len(temporal), 4))
     white[..., 3] = np.clip(temporal, 0, 1)
-    axis.imshow(white, extent=(start_s, end_s, band_bottom, high), aspect="auto", interpolation="nearest")
+    axis.imshow(white, extent=band, aspect="auto", interpolation="nearest")
     axis.set_ylim(low, high)
+
+
+def _draw_curve(axis: Any, temporal: np.ndarray, start_s: float, end_s: float) -> None:
+    """The temporal attention as steps, each over its share of the window (16 px for stride 16)."""
+    steps = start_s + np.arange(len(temporal) + 1) * (end_s - start_s) / len(temporal)
+    axis.stairs(temporal, steps, fill=True, color="#3a6ea5", alpha=0.35)
+    axis.stairs(temporal, steps, color="#3a6ea5", linewidth=1.5)
+    axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    axis.set_ylim(0, max(1.0, float(temporal.max())) * 1.02)
+    axis.set_ylabel("attention")
+    axis.set_title("temporal attention (auxiliary branch, sigmoid per time step)", fontsize=10, loc="left")
+
+
+def _draw_map(axis: Any, time_frequency: np.ndarray, extent: tuple) -> Any:
+    """The time-frequency attention, cells spread evenly over the image's extent, black 0 to white max."""
+    shown = axis.imshow(time_frequency, aspect="auto", extent=extent, cmap="gray",
+                        vmin=0, vmax=float(time_frequency.max()) or 1.0, interpolation="nearest")
+    axis.set_ylabel("frequency (Hz)")
+    axis.set_xlabel("time from the start of the recording's image (s)")
+    axis.set_title("time-frequency attention (main branch, softmax over positions; white = most)",
+                   fontsize=10, loc="left")
+    return shown
 
 
 def _title(probabilities: np.ndarray, class_names: list[str], top_k: int, file_id: str, start_s: float,
@@ -290,6 +308,7 @@ def explain_file(checkpoint: str | Path, store_url: str, file_id: str, out: str 
             raise UserError(f"start {start} s is outside {file_id}'s image (0 to {n_frames / pixels_per_second:.2f} s)")
         start_px = max(0, min(start_px, n_frames - width))
     window = store.window(index, start_px, width)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     attention = attend(trained, window)
     label = int(store.table["label"][index]) if "label" in store.table else -1
     duration = float(store.table["duration"][index])
