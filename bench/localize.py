@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.attention import ATTENTION, TemporalAttention, register_attention  # noqa: E402
+from train.attention import TemporalAttention, register_attention  # noqa: E402
 from train.inference import FileWindows  # noqa: E402
 from train.segments import step_times  # noqa: E402
 
@@ -48,7 +48,6 @@ SEGMENT_SECONDS = (5.0, 1.0)
 # ---------------------------------------------------------------------------------------------- the two poolings
 
 
-@register_attention("bench_temporal_weighted_mean")
 class WeightedMeanTemporalAttention(TemporalAttention):
     """Temporal attention pooled by ``sum_t(x_t a_t) / sum_t(a_t)``: ``(B, C, F, T)`` -> ``(B, C)``, ``(B, T)``."""
 
@@ -59,7 +58,6 @@ class WeightedMeanTemporalAttention(TemporalAttention):
         return pooled, activity
 
 
-@register_attention("bench_temporal_plain_mean")
 class PlainMeanTemporalAttention(TemporalAttention):
     """Temporal attention pooled by ``mean_t(x_t a_t)``: ``(B, C, F, T)`` -> ``(B, C)``, ``(B, T)``."""
 
@@ -69,7 +67,16 @@ class PlainMeanTemporalAttention(TemporalAttention):
         return (per_time * activity[:, None, :]).mean(dim=2), activity
 
 
-POOLINGS = {"weighted mean": "bench_temporal_weighted_mean", "plain mean": "bench_temporal_plain_mean"}
+# table name -> (registry name, module); registered by :func:`register_poolings` when the bench runs, not on
+# import, so the library's registry (and the command line's choices) stay as they are in the tests
+POOLINGS = {"weighted mean": ("bench_temporal_weighted_mean", WeightedMeanTemporalAttention),
+            "plain mean": ("bench_temporal_plain_mean", PlainMeanTemporalAttention)}
+
+
+def register_poolings() -> None:
+    """Add both poolings to ``train.attention.ATTENTION`` so a run config (and its checkpoint) can name them."""
+    for registered, module in POOLINGS.values():
+        register_attention(registered)(module)
 
 
 def library_pooling() -> str:
@@ -79,8 +86,8 @@ def library_pooling() -> str:
     library = TemporalAttention(8, hidden=4)
     with torch.no_grad():
         expected = library(features)[0]
-        for name, registered in POOLINGS.items():
-            variant = ATTENTION[registered](8, hidden=4)
+        for name, (_, module) in POOLINGS.items():
+            variant = module(8, hidden=4)
             variant.load_state_dict(library.state_dict())
             if torch.allclose(variant(features)[0], expected, atol=1e-6):
                 return name
@@ -195,7 +202,7 @@ def make_audio(root: Path, *, n_species: int, files_per_species: int, seconds: t
 
 
 def train_once(store: str, out: Path, *, aux_attention: str, seed: int, steps: int, crop_seconds: float,
-               batch_size: int) -> tuple[Path, float, float]:
+               batch_size: int, device: str) -> tuple[Path, float, float]:
     """One run from random weights; returns its checkpoint, recording MAP (validation files) and seconds."""
     from train.augment import AugmentConfig
     from train.config import RunConfig, StageConfig
@@ -206,7 +213,7 @@ def train_once(store: str, out: Path, *, aux_attention: str, seed: int, steps: i
         crop_seconds=crop_seconds, seed=seed, validation_fraction=0.25, augment=AugmentConfig.from_spec("default"),
         stage1=StageConfig(steps=0, batch_size=batch_size, lr=2e-3, warmup_steps=5, train_backbone=False),
         stage2=StageConfig(steps=steps, batch_size=batch_size, lr=2e-3, warmup_steps=10, train_backbone=True),
-        num_workers=0, device="cpu", log_every=10, eval_every=0, checkpoint_every=0)
+        num_workers=0, device=device, log_every=10, eval_every=0, checkpoint_every=0)
     started = time.perf_counter()
     result = train(config, progress=False)
     return Path(result["checkpoint"]), result["validation"]["map"], time.perf_counter() - started
@@ -215,68 +222,92 @@ def train_once(store: str, out: Path, *, aux_attention: str, seed: int, steps: i
 # ---------------------------------------------------------------------------------------------- measuring one run
 
 
-def measure(checkpoint: Path, store_url: str, calls: dict[str, list[Call]]) -> dict[str, float]:
+def add_file(pooled: dict[str, list[np.ndarray]], windows: FileWindows, calls: list[Call], geometry: dict[str, float],
+             *, n_classes: int, nyquist: float) -> None:
+    """Append one held-out file's steps (attention, any-call and main-call masks) and its call segments to ``pooled``."""
+    from train.segments import segment_scores
+
+    attention, seconds, active = step_labels(windows, calls, **geometry)
+    pooled["attention"].append(attention)
+    pooled["any"].append(active)
+    pooled["main"].append(call_mask(seconds, [c for c in calls if not c.background]))
+    for length in SEGMENT_SECONDS:
+        scored = segment_scores(windows, **geometry, segment_seconds=length, nyquist=nyquist)
+        truth = segment_truth(scored.bounds, calls, n_classes)
+        called = truth.any(axis=1)
+        pooled[f"{length:g} attention"].append(scored.scores[called])
+        pooled[f"{length:g} recording"].append(np.tile(windows.recording_scores(), (int(called.sum()), 1)))
+        pooled[f"{length:g} truth"].append(truth[called])
+
+
+def summarize(pooled: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """AUCs over every pooled step and segment MAPs over every segment holding a call."""
+    from train.metrics import mean_average_precision
+
+    every = {key: np.concatenate(values) for key, values in pooled.items()}
+    result = {"steps": every["attention"].size, "active": float(every["any"].mean()),
+              "auc_any": activity_auc(every["attention"], every["any"]),
+              "auc_main": activity_auc(every["attention"], every["main"])}
+    for length in SEGMENT_SECONDS:
+        truth = every[f"{length:g} truth"]
+        result[f"segments_{length:g}"] = len(truth)
+        for key in ("attention", "recording"):
+            result[f"map_{length:g}_{key}"] = mean_average_precision(every[f"{length:g} {key}"], truth)
+    return result
+
+
+def measure(checkpoint: Path, store_url: str, calls: dict[str, list[Call]], device: str) -> dict[str, float]:
     """Attention AUC and segment MAP of one trained run on its validation files (see the module docstring)."""
+    import json
+
     from shared.reader import FeatureStore
     from train.dataset import Split
     from train.inference import file_windows
-    from train.metrics import mean_average_precision
-    from train.segments import segment_scores
+    from train.runtime import resolve_device
     from train.trained import load_trained_model
-    import json
 
-    trained = load_trained_model(checkpoint)
+    trained = load_trained_model(checkpoint, resolve_device(device))
     store = FeatureStore(store_url)
     indices = Split.from_dict(json.loads((checkpoint.parents[1] / "split.json").read_text())).validation
-    pps, nyquist = trained.featurizer_config.pixels_per_second, trained.featurizer_config.sample_rate / 2
-    steps: dict[str, list[np.ndarray]] = {"attention": [], "any": [], "main": []}
-    segments: dict[float, dict[str, list[np.ndarray]]] = {s: {"attention": [], "recording": [], "truth": []}
-                                                         for s in SEGMENT_SECONDS}
+    config = trained.featurizer_config
+    pooled: dict[str, list[np.ndarray]] = {}
+    for key in ("attention", "any", "main", *(f"{s:g} {k}" for s in SEGMENT_SECONDS
+                                              for k in ("attention", "recording", "truth"))):
+        pooled[key] = []
     for windows in file_windows(trained.model, store, indices, width=trained.crop_width,
                                 hop=trained.crop_width // 2, device=trained.device, attention=True):
-        file_calls = calls[str(store.ids[windows.index])]
+        if windows.error:
+            raise RuntimeError(f"{store.ids[windows.index]}: {windows.error}")
         geometry = {"width": trained.crop_width, "n_frames": int(store.table["n_frames"][windows.index]),
-                    "duration": float(store.table["duration"][windows.index]), "pixels_per_second": pps}
-        attention, seconds, active = step_labels(windows, file_calls, **geometry)
-        steps["attention"].append(attention)
-        steps["any"].append(active)
-        steps["main"].append(call_mask(seconds, [c for c in file_calls if not c.background]))
-        for length, kept in segments.items():
-            scored = segment_scores(windows, **geometry, segment_seconds=length, nyquist=nyquist)
-            truth = segment_truth(scored.bounds, file_calls, len(store.classes))
-            called = truth.any(axis=1)
-            kept["attention"].append(scored.scores[called])
-            kept["recording"].append(np.tile(windows.recording_scores(), (int(called.sum()), 1)))
-            kept["truth"].append(truth[called])
-    attention = np.concatenate(steps["attention"])
-    result = {"files": len(indices), "steps": attention.size, "active": float(np.concatenate(steps["any"]).mean()),
-              "auc_any": activity_auc(attention, np.concatenate(steps["any"])),
-              "auc_main": activity_auc(attention, np.concatenate(steps["main"]))}
-    for length, kept in segments.items():
-        truth = np.concatenate(kept["truth"])
-        result[f"segments_{length:g}"] = len(truth)
-        for key in ("attention", "recording"):
-            result[f"map_{length:g}_{key}"] = mean_average_precision(np.concatenate(kept[key]), truth)
-    return result
+                    "duration": float(store.table["duration"][windows.index]),
+                    "pixels_per_second": config.pixels_per_second}
+        add_file(pooled, windows, calls[str(store.ids[windows.index])], geometry, n_classes=len(store.classes),
+                 nyquist=config.sample_rate / 2)
+    return {"files": len(indices), **summarize(pooled)}
 
 
 # ---------------------------------------------------------------------------------------------- the table
 
 
-def print_table(results: dict[str, dict[str, float]], *, steps: int, library: str) -> None:
-    """One row per pooling: AUC any / main, segment MAP with attention and with the recording mean, recording MAP."""
-    head = "".join(f" {f'seg MAP {s:g} s att / mean':>26}" for s in SEGMENT_SECONDS)
-    print(f"\n{'pooling':<22} {'AUC any':>7} {'AUC main':>8}{head} {'rec MAP':>7} {'files':>5} {'steps':>6} "
-          f"{'train s':>7}")
-    for name, r in results.items():
-        label = name + (" (library)" if name == library else "")
-        cells = "".join(f" {r[f'map_{s:g}_attention']:>12.3f} / {r[f'map_{s:g}_recording']:.3f}" + " " * 5
-                        for s in SEGMENT_SECONDS)
-        print(f"{label:<22} {r['auc_any']:7.3f} {r['auc_main']:8.3f}{cells} {r['recording_map']:7.3f} "
-              f"{r['files']:5d} {r['steps']:6d} {r['seconds']:7.0f}")
-    any_row = next(iter(results.values()))
-    print(f"(training: {steps} steps; {any_row['active']:.0%} of the steps inside a call; segments holding a call: "
-          + ", ".join(f"{any_row[f'segments_{s:g}']} of {s:g} s" for s in SEGMENT_SECONDS) + ")")
+def print_table(results: list[dict[str, float]], *, steps: int, library: str) -> None:
+    """One row per run (and the mean per pooling over seeds): AUC any / main, segment MAP with attention and with
+    the recording mean, recording MAP."""
+    head = "".join(f" {f'seg MAP {s:g} s: att / mean':>22}" for s in SEGMENT_SECONDS)
+    print(f"\n{'pooling':<24} {'seed':>4} {'AUC any':>7} {'AUC main':>8}{head} {'rec MAP':>7} {'files':>5} "
+          f"{'steps':>6} {'train s':>7}")
+    rows = list(results)
+    names = list(dict.fromkeys(r["pooling"] for r in results))
+    if len(rows) > len(names):
+        rows += [{**{k: np.mean([r[k] for r in results if r["pooling"] == n]) for k in results[0] if k != "pooling"},
+                  "pooling": n, "seed": "mean"} for n in names]
+    for r in rows:
+        label = r["pooling"] + (" (library)" if r["pooling"] == library else "")
+        cells = "".join(f" {r[f'map_{s:g}_attention']:>13.3f} / {r[f'map_{s:g}_recording']:.3f}" for s in SEGMENT_SECONDS)
+        print(f"{label:<24} {r['seed']:>4} {r['auc_any']:7.3f} {r['auc_main']:8.3f}{cells} {r['recording_map']:7.3f} "
+              f"{r['files']:5.0f} {r['steps']:6.0f} {r['seconds']:7.0f}")
+    first = results[0]
+    print(f"(training: {steps} steps; {first['active']:.0%} of the held-out steps inside a call; segments holding a "
+          "call: " + ", ".join(f"{first[f'segments_{s:g}']} of {s:g} s" for s in SEGMENT_SECONDS) + ")")
 
 
 def build_store(root: Path, *, files_per_species: int, snr_db: tuple[float, float], image_height: int,
@@ -299,9 +330,10 @@ def build_store(root: Path, *, files_per_species: int, snr_db: tuple[float, floa
 
 
 @click.command()
-@click.option("--steps", type=int, default=400, show_default=True, help="Training steps per run (from scratch).")
+@click.option("--steps", type=int, default=250, show_default=True, help="Training steps per run (from scratch).")
 @click.option("--poolings", default=",".join(POOLINGS), show_default=True, help="Comma-separated, from the list.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Split, weights, windows and augmentation.")
+@click.option("--seeds", default="0", show_default=True,
+              help="Comma-separated run seeds (split, weights, windows, augmentation); each pooling runs every seed.")
 @click.option("--crop-seconds", type=float, default=3.0, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--image-height", type=int, default=128, show_default=True,
@@ -310,10 +342,11 @@ def build_store(root: Path, *, files_per_species: int, snr_db: tuple[float, floa
               help="Shorter recordings are self-concatenated to this length (s).")
 @click.option("--snr-db", default="-10:0", show_default=True, help="Signal-to-noise ratio range (dB), low:high.")
 @click.option("--files-per-species", type=int, default=24, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Where to train and measure (cpu, cuda, auto).")
 @click.option("--work", type=click.Path(file_okay=False), default=None,
               help="Keep audio, store and runs here (data reused on a rerun) instead of a temporary folder.")
-def main(steps: int, poolings: str, seed: int, crop_seconds: float, batch_size: int, image_height: int,
-         min_duration: float, snr_db: str, files_per_species: int, work: str | None) -> None:
+def main(steps: int, poolings: str, seeds: str, crop_seconds: float, batch_size: int, image_height: int,
+         min_duration: float, snr_db: str, files_per_species: int, device: str, work: str | None) -> None:
     import shutil
 
     from shared.reader import FeatureStore
@@ -323,8 +356,9 @@ def main(steps: int, poolings: str, seed: int, crop_seconds: float, batch_size: 
     if unknown:
         raise click.BadParameter(f"unknown {unknown}; choose from {list(POOLINGS)}", param_hint="--poolings")
     low, high = (float(v) for v in snr_db.split(":"))
+    register_poolings()
     started = time.perf_counter()
-    results: dict[str, dict[str, float]] = {}
+    results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(work or scratch)
         root.mkdir(parents=True, exist_ok=True)
@@ -332,16 +366,20 @@ def main(steps: int, poolings: str, seed: int, crop_seconds: float, batch_size: 
                             min_duration=min_duration)
         calls = read_calls(root / "calls.csv", FeatureStore(store).classes)
         print(f"runs: mobilenetv3_small_100 from scratch, {steps} steps of batch {batch_size}, crop {crop_seconds} s, "
-              f"AdamW 2e-3, augment default, validation 25% of files, seed {seed}", flush=True)
-        for name in names:
-            out = root / "runs" / POOLINGS[name].removeprefix("bench_")
-            shutil.rmtree(out, ignore_errors=True)
-            checkpoint, recording_map, seconds = train_once(store, out, aux_attention=POOLINGS[name], seed=seed,
-                                                            steps=steps, crop_seconds=crop_seconds,
-                                                            batch_size=batch_size)
-            results[name] = {**measure(checkpoint, store, calls), "recording_map": recording_map, "seconds": seconds}
-            print(f"  {name}: AUC {results[name]['auc_any']:.3f} (any call), {results[name]['auc_main']:.3f} (main "
-                  f"only), recording MAP {recording_map:.3f}, {seconds:.0f} s", flush=True)
+              f"AdamW 2e-3, augment default, validation 25% of files, on {device}", flush=True)
+        for seed in (int(s) for s in seeds.split(",")):
+            for name in names:
+                registered = POOLINGS[name][0]
+                out = root / "runs" / f"{registered.removeprefix('bench_')}-seed{seed}"
+                shutil.rmtree(out, ignore_errors=True)
+                checkpoint, recording_map, seconds = train_once(store, out, aux_attention=registered, seed=seed,
+                                                                steps=steps, crop_seconds=crop_seconds,
+                                                                batch_size=batch_size, device=device)
+                run = {"pooling": name, "seed": seed, **measure(checkpoint, store, calls, device),
+                       "recording_map": recording_map, "seconds": seconds}
+                results.append(run)
+                print(f"  {name} seed {seed}: AUC {run['auc_any']:.3f} (any call), {run['auc_main']:.3f} (main only), "
+                      f"recording MAP {recording_map:.3f}, {seconds:.0f} s", flush=True)
     print_table(results, steps=steps, library=library_pooling())
     print(f"total {time.perf_counter() - started:.0f} s")
 

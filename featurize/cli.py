@@ -74,6 +74,9 @@ def _stop_client(client: Any, *, own_cluster: bool) -> None:
               show_default=True, help="FFT bins -> 299 rows: max, area or bilinear.")
 @click.option("--clip-percentiles", type=(float, float), default=_DEFAULT.clip_percentiles, show_default=True,
               help="Percentiles of each channel's resized dB values mapped to 0 and 255 (outliers clipped).")
+@click.option("--empty-band-db", type=float, default=_DEFAULT.empty_band_db, show_default=True,
+              help="Rows this far below the typical row level (a codec's cut-off band) are left out of the clip "
+                   "percentiles ('inf': keep all).")
 @click.option("--time-chunk", type=int, default=1024, show_default=True,
               help="Image columns per Zarr chunk (new stores only).")
 @click.option("--zstd-level", type=click.IntRange(0, 22), default=0, show_default=True,
@@ -84,7 +87,8 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
                       workers: int | None, serial: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
                       min_duration: float, hop_lengths: tuple[int, int, int], time_resize: str,
                       frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int,
-                      zstd_level: int, storage_options: dict | None, config_file: str | None) -> None:
+                      zstd_level: int, storage_options: dict | None, config_file: str | None,
+                      empty_band_db: float) -> None:
     """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
     import gc
     import logging
@@ -98,7 +102,7 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
     logging.getLogger("soundception").addHandler(handler)
     logging.getLogger("distributed").setLevel(logging.WARNING)
     config = _config(config_file, min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
-                     frequency_resize=frequency_resize, clip_percentiles=clip_percentiles)
+                     frequency_resize=frequency_resize, clip_percentiles=clip_percentiles, empty_band_db=empty_band_db)
     client = None if serial else _start_client(scheduler, workers, dashboard)
     bar = Progress(None, desc="featurize", unit="file")  # a bar on a terminal, plain lines in a log
 

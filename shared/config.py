@@ -43,6 +43,11 @@ class FeaturizerConfig:
         clip_percentiles: (low, high) percentiles of each log-spectrogram's values. Values outside
             are clipped before scaling to 0..255, so a few very loud or empty bins do not squeeze
             the rest of the image into a handful of grey levels.
+        empty_band_db: a frequency band whose rows sit more than this many dB under the recorded
+            band's background (the 90th percentile of the rows' median levels) holds no sound: a
+            lossy codec's cut-off band, or the empty top of audio recorded at a lower rate. Its
+            rows, and the roll-off next to them, are left out of the clip percentiles, so an MP3
+            or a 16 kHz recording gets the contrast of a WAV of the same sound (see the README).
         percentile_columns: at most this many image columns, evenly spaced over the recording, are
             used to estimate the clip bounds. This keeps memory bounded for long recordings and
             makes the bounds independent of how the recording is cut into blocks.
@@ -61,6 +66,7 @@ class FeaturizerConfig:
     window: str = "hann"
     amin: float = 1e-10
     clip_percentiles: tuple[float, float] = (1.0, 99.9)
+    empty_band_db: float = 50.0
     percentile_columns: int = 1024
     image_height: int = 299
     image_seconds: float = 1.5
@@ -87,6 +93,8 @@ class FeaturizerConfig:
             raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
         if self.image_height < 2 or self.image_seconds <= 0:
             raise ValueError("image_height must be >= 2 px and image_seconds > 0 s")
+        if not self.empty_band_db > 0:
+            raise ValueError(f"empty_band_db must be positive dB (inf: keep every row), got {self.empty_band_db}")
         if self.percentile_columns < 1:
             raise ValueError("percentile_columns must be >= 1")
         object.__setattr__(self, "fft_windows", tuple(int(w) for w in self.fft_windows))

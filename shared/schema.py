@@ -28,7 +28,9 @@ import numpy as np
 
 from shared.config import FeaturizerConfig
 
-SCHEMA_VERSION = 2  # 2: one hop per FFT window and pooled resizes (hop_lengths, time_resize, frequency_resize)
+# 2: one hop per FFT window and pooled resizes (hop_lengths, time_resize, frequency_resize)
+# 3: empty frequency bands (codec cut-offs, upsampled audio) left out of the clip bounds (empty_band_db)
+SCHEMA_VERSION = 3
 
 IMAGE = "image"
 IMAGE_DIMS = ("file", "channel", "freq", "time")

@@ -135,3 +135,55 @@ def test_bad_signals_raise_clear_errors():
         MultiscaleImage.plan(np.zeros((2, 100), np.float32), CONFIG)
     with pytest.raises(ValueError, match="NaN"):
         MultiscaleImage.plan(np.full(1000, np.nan, np.float32), CONFIG)
+
+
+def _image(signal, config):
+    from featurize.image import MultiscaleImage
+
+    plan = MultiscaleImage.plan(signal, config)
+    return np.concatenate([block for _, block in plan.blocks(4096)], axis=-1).astype(np.float64)
+
+
+def _codec_variants(signal, tmp_path):
+    import soundfile
+    import soxr
+
+    soundfile.write(tmp_path / "x.mp3", signal, 22050)
+    mp3, _ = soundfile.read(tmp_path / "x.mp3", dtype="float32")
+    via_16k = soxr.resample(soxr.resample(signal, 22050, 16000), 16000, 22050).astype(np.float32)
+    return {"mp3": mp3[: signal.size], "recorded at 16 kHz": via_16k[: signal.size]}
+
+
+@pytest.mark.parametrize("variant", ["mp3", "recorded at 16 kHz"])
+def test_a_lossy_or_band_limited_copy_keeps_the_wavs_contrast(tmp_path, variant):
+    # broadband noise with a 3 kHz call: every band of the WAV sounds; the MP3 cuts its top band,
+    # the 16 kHz recording has nothing above 8 kHz. Below 5 kHz the three hold the same sound.
+    rng = np.random.default_rng(0)
+    t = np.arange(22050 * 6) / 22050
+    call = np.sin(2 * np.pi * 3000 * t) * (np.sin(2 * np.pi * 0.5 * t) > 0.5)
+    signal = (0.3 * call + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+    config = FeaturizerConfig(min_duration=0.0)
+    reference = _image(signal, config)
+    copy = _codec_variants(signal, tmp_path)[variant]
+    freq = np.linspace(11025, 0, config.image_height)
+    below = freq < 5000
+    difference = np.abs(_image(copy, config) - reference)[:, below].mean()
+    assert difference < {"mp3": 18, "recorded at 16 kHz": 5}[variant], difference  # grey levels
+    old = FeaturizerConfig(min_duration=0.0, empty_band_db=float("inf"))  # every row in the percentiles
+    assert np.abs(_image(copy, old) - _image(signal, old))[:, below].mean() > 80
+
+
+def test_an_empty_band_and_its_roll_off_are_left_out_of_the_clip_bounds():
+    from featurize.image import channel_bounds, empty_rows
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.0, 3.0, size=(200, 30)).astype(np.float32)
+    values[:, :4] = -100 + rng.normal(0, 1, size=(200, 4))  # a codec's empty top band (row 0 is the top)
+    values[:, 4] -= 30  # its roll-off: quiet and next to the empty band
+    values[:, 20] -= 30  # a quiet band elsewhere: recorded, kept
+    values[:100, 25] -= 60  # a row silent half the time: its median is still its level, kept
+    expected_empty = [True] * 5 + [False] * 25
+    assert empty_rows(values, empty_band_db=50.0).tolist() == expected_empty
+    config = FeaturizerConfig()
+    np.testing.assert_allclose(channel_bounds(values, config), np.percentile(values[:, 5:], config.clip_percentiles),
+                               rtol=1e-5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -168,6 +169,11 @@ def hhmmss(seconds: float) -> str:
     return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
+def time_code(start_s: float, end_s: float) -> str:
+    """BirdCLEF's ``hh:mm:ss-hh:mm:ss`` for a segment: start rounded down, end up (a short last segment stays non-empty)."""
+    return f"{hhmmss(math.floor(start_s + 1e-6))}-{hhmmss(math.ceil(end_s - 1e-6))}"
+
+
 def birdclef_recording_text(rows: Iterable[Detection], media_ids: dict[str, str]) -> str:
     """``MediaId;ClassId;Probability;Rank``, at most 100 species per recording."""
     return "".join(f"{media_ids[r.file]};{r.class_id};{_number(r.score, 6)};{r.rank}\n"
@@ -176,7 +182,7 @@ def birdclef_recording_text(rows: Iterable[Detection], media_ids: dict[str, str]
 
 def birdclef_segment_text(rows: Iterable[Detection], media_ids: dict[str, str]) -> str:
     """``MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability``, at most 100 species per segment."""
-    return "".join(f"{media_ids[r.file]};{hhmmss(r.start_s)}-{hhmmss(r.end_s)};{r.class_id};{_number(r.score, 6)}\n"
+    return "".join(f"{media_ids[r.file]};{time_code(r.start_s, r.end_s)};{r.class_id};{_number(r.score, 6)}\n"
                    for r in rows if r.rank <= BIRDCLEF_MAX_SPECIES)
 
 
