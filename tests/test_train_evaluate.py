@@ -95,3 +95,17 @@ def test_prediction_is_the_mean_softmax_over_every_covering_window(batch_size):
                                      device=torch.device("cpu"), batch_size=batch_size)
     assert result.shape == (3, 3) and result.dtype == np.float64
     np.testing.assert_allclose(result, [expected_long, expected_short, expected_long], rtol=1e-5)
+
+
+def test_inference_input_preparation_is_training_normalisation():
+    from train.augment import to_float
+    from train.model import Soundception
+
+    model = Soundception("test_efficientnet", 3, hidden=8)
+    model.mean.copy_(torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1))
+    model.std.copy_(torch.tensor([0.5, 0.25, 0.125]).view(1, 3, 1, 1))
+    images = torch.randint(0, 256, (2, 3, 8, 16), dtype=torch.uint8)
+    expected = (images.double() / 255 - torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1).double()) / \
+        torch.tensor([0.5, 0.25, 0.125]).view(1, 3, 1, 1).double()
+    torch.testing.assert_close(model.prepare(images).double(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.prepare(images), model.normalize(to_float(images)), rtol=0, atol=1e-5)

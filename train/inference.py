@@ -88,8 +88,9 @@ def forward_windows(model: torch.nn.Module, windows: torch.Tensor, device: torch
     batch = windows.to(device, non_blocking=True)
     if device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last)
+    prepare = getattr(model, "prepare", None)
     with autocast(device):
-        output = model(model.normalize(to_float(batch)))
+        output = model(prepare(batch) if prepare is not None else model.normalize(to_float(batch)))
     probabilities = torch.softmax(output.logits.float(), dim=1).cpu().numpy()
     maps = [getattr(output, name, None) for name in ("temporal_attention", "time_frequency_attention")]
     return (probabilities, *(None if m is None else m.float().cpu().numpy() for m in maps))  # type: ignore[return-value]
