@@ -189,3 +189,28 @@ def test_explain_file_refuses_in_one_line(run, tmp_path):
     group.attrs["config_hash"] = "0" * 16
     assert "different config" in refusal(other, file_id)
     assert not (tmp_path / "never.png").exists()
+
+
+def test_explain_command_from_audio_and_from_store_draw_the_same_window(run, tmp_path):
+    from click.testing import CliRunner
+
+    from shared.cli import main
+
+    trained_run, store, trained, _ = run
+    file_id = "sp01/XC000008.flac"
+    audio = tmp_path / "one.flac"
+    shutil.copy(trained_run.audio / file_id, audio)
+    outputs = {}
+    for name, source in (("audio", [str(audio)]), ("store", ["--store", trained_run.store, "--file", file_id])):
+        out = tmp_path / f"{name}.png"
+        result = CliRunner().invoke(main, ["explain", "--checkpoint", str(trained_run.checkpoint), *source,
+                                           "--out", str(out), "--start", "0.5"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"wrote {out}")
+        outputs[name] = read_png(out)[0]
+    # the same audio featurized with the checkpoint's config: the same image, attention and picture
+    assert outputs["audio"].shape == outputs["store"].shape
+    assert np.abs(outputs["audio"].astype(int) - outputs["store"].astype(int)).mean() < 1.0
+    refused = CliRunner().invoke(main, ["explain", "--checkpoint", str(trained_run.checkpoint), "--out",
+                                        str(tmp_path / "x.png")])
+    assert refused.exit_code == 2 and "give either AUDIO or both --store and --file" in refused.output
