@@ -117,12 +117,14 @@ def featurize_inputs(root: Path, files: dict[str, Path], out: Path, featurizer_c
 @click.option("--featurize-workers", type=int, default=None,
               help="Local dask workers to featurize audio (0: in this process) [default: by amount of audio].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--embeddings", type=click.Path(file_okay=False), default=None,
+              help="Also write every window's pooled features to this Zarr (dims file, window, feature).")
 @click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None, out: str, formats: str,
                     segments: float | None, hop: float | None, top_k: int, min_score: float, combined: bool,
                     batch_size: int, workers: int, featurize_workers: int | None, device: str,
-                    storage_options: str | None, no_progress: bool) -> None:
+                    storage_options: str | None, no_progress: bool, embeddings: str | None) -> None:
     """Predict species for AUDIO files/folders, or for a --store, with a trained checkpoint."""
     from train.cli import _run
     from train.predict import PredictOptions, predict_store
@@ -143,7 +145,8 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
                                                         workers=featurize_workers, progress=not no_progress)
         summary = _run(predict_store, checkpoint, store, out, options, trained=trained, sources=sources,
                        storage_options=_json(storage_options, "--storage-options"),
-                       progress=not no_progress, file_ids=list(sources) if sources else None)
+                       progress=not no_progress, file_ids=list(sources) if sources else None,
+                       embeddings=embeddings)
     except KeyboardInterrupt:
         raise click.ClickException("interrupted: recordings already predicted are kept in "
                                    f"{Path(out) / 'journal'}; run the same command again to continue") from None

@@ -264,3 +264,38 @@ def test_featurize_config_file_reproduces_the_checkpoints_store(trained_run, tmp
     both = CliRunner().invoke(main, ["featurize", str(trained_run.audio), "--store", str(tmp_path / "t.zarr"),
                                      "--serial", "--config", str(config_file), "--min-duration", "3"])
     assert both.exit_code == 2 and "--config replaces the image options" in both.output
+
+
+def test_embeddings_open_in_xarray_and_equal_the_pooled_features(trained_run, tmp_path):
+    import torch
+    import xarray
+
+    from train.trained import load_trained_model
+    from train.windows import window_starts
+
+    path = tmp_path / "emb.zarr"
+    predict_store(trained_run.checkpoint, trained_run.store, tmp_path / "out", PredictOptions(device="cpu"),
+                  progress=False, embeddings=path)
+    data = xarray.open_zarr(path, consolidated=False)
+    store = FeatureStore(trained_run.store)
+    trained = load_trained_model(trained_run.checkpoint)
+    hop = int(round(trained.crop_seconds / 2 * store.config.pixels_per_second))
+    assert data["embedding"].dims == ("file", "window", "feature")
+    assert list(data["file"].values) == list(store.ids)
+    index = 5
+    starts = window_starts(int(store.table["n_frames"][index]), trained.crop_width, hop)
+    assert int(data["n_windows"][index]) == len(starts)
+    np.testing.assert_allclose(data["start_s"][index, :len(starts)], np.array(starts) / store.config.pixels_per_second)
+    assert np.isnan(data["embedding"][index, len(starts):].values).all()
+    window = torch.from_numpy(store.window(index, starts[-1], trained.crop_width))[None]
+    with torch.no_grad():
+        _, main = trained.model.forward_features(trained.model.normalize(window.float() / 255))
+        pooled, _ = trained.model.main_attention(main)
+    np.testing.assert_allclose(data["embedding"][index, len(starts) - 1].values, pooled[0].numpy(), rtol=1e-4,
+                               atol=1e-5)
+    again = predict_store(trained_run.checkpoint, trained_run.store, tmp_path / "out", PredictOptions(device="cpu"),
+                          progress=False, embeddings=path)
+    assert again["predicted"] == 0 and again["reused"] == store.n_files
+    with pytest.raises(UserError, match="holds embeddings of other files"):
+        predict_store(trained_run.checkpoint, trained_run.store, tmp_path / "out2", PredictOptions(device="cpu"),
+                      progress=False, embeddings=path, file_ids=list(store.ids[:3]))

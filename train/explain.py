@@ -75,7 +75,7 @@ def attend(trained: TrainedModel, window: np.ndarray) -> Attention:
     """
     if window.ndim != 3 or window.dtype != np.uint8:
         raise ValueError(f"expected one uint8 window (channel, freq, time), got {window.dtype} {window.shape}")
-    probabilities, temporal, time_frequency = forward_windows(trained.model, torch.from_numpy(window[None]),
+    probabilities, temporal, time_frequency, _ = forward_windows(trained.model, torch.from_numpy(window[None]),
                                                               trained.device)
     temporal, time_frequency = temporal[0].astype(np.float64), time_frequency[0].astype(np.float64)
     if temporal.ndim == 2:

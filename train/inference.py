@@ -37,6 +37,7 @@ class FileWindows:
         temporal: float32 ``(n_windows, T16)`` temporal (auxiliary) attention, or ``None``.
         time_frequency: float32 ``(n_windows, F32, T32)`` time-frequency (main) attention, or ``None``.
         error: why a window of this file could not be read (its results are then not to be used).
+        embedding: float32 ``(n_windows, C32)`` pooled main-branch features, or ``None``.
     """
 
     position: int
@@ -46,6 +47,7 @@ class FileWindows:
     temporal: np.ndarray | None
     time_frequency: np.ndarray | None
     error: str = ""
+    embedding: np.ndarray | None = None
 
     def recording_scores(self) -> np.ndarray:
         """The recording's scores: mean of the windows' softmax, float64 ``(n_classes,)``."""
@@ -83,8 +85,9 @@ def window_items(store: FeatureStore, indices: Sequence[int], *, width: int, hop
 
 @torch.no_grad()
 def forward_windows(model: torch.nn.Module, windows: torch.Tensor, device: torch.device
-                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """uint8 ``(B, C, H, W)`` -> softmax ``(B, K)`` and the two attention maps (float32 numpy; ``None`` if absent)."""
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """uint8 ``(B, C, H, W)`` -> softmax ``(B, K)``, the two attention maps and the embedding (float32 numpy;
+    ``None`` where the model gives none)."""
     batch = windows.to(device, non_blocking=True)
     if device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -92,7 +95,7 @@ def forward_windows(model: torch.nn.Module, windows: torch.Tensor, device: torch
     with autocast(device):
         output = model(prepare(batch) if prepare is not None else model.normalize(to_float(batch)))
     probabilities = torch.softmax(output.logits.float(), dim=1).cpu().numpy()
-    maps = [getattr(output, name, None) for name in ("temporal_attention", "time_frequency_attention")]
+    maps = [getattr(output, name, None) for name in ("temporal_attention", "time_frequency_attention", "embedding")]
     return (probabilities, *(None if m is None else m.float().cpu().numpy() for m in maps))  # type: ignore[return-value]
 
 
@@ -114,11 +117,12 @@ def file_windows(model: torch.nn.Module, store: FeatureStore, indices: Sequence[
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     was_training = model.training
     model.eval()
-    pending: dict[str, list] = {"starts": [], "probabilities": [], "temporal": [], "time_frequency": [], "errors": []}
+    pending: dict[str, list] = {"starts": [], "probabilities": [], "temporal": [], "time_frequency": [], "embedding": [],
+                               "errors": []}
     current = None
     try:
         for positions, starts, windows, errors in loader:
-            probabilities, temporal, time_frequency = forward_windows(model, windows, device)
+            probabilities, temporal, time_frequency, embedding = forward_windows(model, windows, device)
             for k, position in enumerate(positions.tolist()):
                 if current is not None and position != current:
                     yield _collect(current, indices[current], pending, attention)
@@ -130,6 +134,7 @@ def file_windows(model: torch.nn.Module, store: FeatureStore, indices: Sequence[
                 if attention:
                     pending["temporal"].append(None if temporal is None else temporal[k])
                     pending["time_frequency"].append(None if time_frequency is None else time_frequency[k])
+                    pending["embedding"].append(None if embedding is None else embedding[k])
         if current is not None:
             yield _collect(current, indices[current], pending, attention)
     finally:
@@ -144,7 +149,7 @@ def _collect(position: int, index: int, pending: dict[str, list], attention: boo
     result = FileWindows(position=position, index=index, starts=np.array(pending["starts"], dtype=np.int64),
                          probabilities=np.stack(pending["probabilities"]).astype(np.float32),
                          temporal=stacked("temporal"), time_frequency=stacked("time_frequency"),
-                         error=pending["errors"][0] if pending["errors"] else "")
+                         error=pending["errors"][0] if pending["errors"] else "", embedding=stacked("embedding"))
     for values in pending.values():
         values.clear()
     return result

@@ -32,12 +32,15 @@ class SoundceptionOutput:
             (``(B, F16, T16)`` for the 2-D types).
         time_frequency_attention: main attention map, ``(B, F32, T32)`` for ``time_frequency``
             (``(B, T32)`` for ``temporal``).
+        embedding: ``(B, C32)`` the main branch's attention-pooled features, the vector the main
+            classifier reads (an embedding for clustering and search).
     """
 
     logits: torch.Tensor
     aux_logits: torch.Tensor
     temporal_attention: torch.Tensor
     time_frequency_attention: torch.Tensor
+    embedding: torch.Tensor | None = None
 
 
 def _feature_indices(backbone: str) -> tuple[int, int]:
@@ -121,7 +124,8 @@ class Soundception(nn.Module):
         aux_pooled, aux_map = self.aux_attention(aux)
         main_pooled, main_map = self.main_attention(main)
         return SoundceptionOutput(logits=self.main_head(main_pooled), aux_logits=self.aux_head(aux_pooled),
-                                  temporal_attention=aux_map, time_frequency_attention=main_map)
+                                  temporal_attention=aux_map, time_frequency_attention=main_map,
+                                  embedding=main_pooled)
 
     def forward(self, images: torch.Tensor) -> SoundceptionOutput:
         """``images``: normalised float ``(B, 3, H, W)``, any ``W`` >= 32 px."""

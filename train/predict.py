@@ -39,6 +39,7 @@ from shared.progress import Progress
 from shared.reader import FeatureStore
 from train import tables
 from train.config import UserError
+from train.embeddings import open_embeddings, write_file_embeddings, written
 from train.inference import FileWindows, file_windows
 from train.runtime import resolve_device
 from train.segments import segment_scores
@@ -256,12 +257,14 @@ def versions() -> dict[str, str]:
 def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, options: PredictOptions = PredictOptions(),
                   *, file_ids: Sequence[str] | None = None, sources: Mapping[str, Mapping[str, Any]] | None = None,
                   failures: Sequence[tuple[str, str, str]] = (), storage_options: dict[str, Any] | None = None,
-                  progress: bool = True, trained: TrainedModel | None = None) -> dict[str, Any]:
+                  progress: bool = True, trained: TrainedModel | None = None,
+                  embeddings: str | Path | None = None) -> dict[str, Any]:
     """Predict every done recording of a store (or ``file_ids``) into ``out``; see the module docstring.
 
     Args:
         sources: file id -> ``{"size", "mtime", "path"}`` of its audio file, when known (audio input).
         failures: earlier failures to report with this run's (``(file, stage, error)``).
+        embeddings: also write every window's pooled features to this Zarr (:mod:`train.embeddings`).
 
     Returns:
         A summary: ``predicted`` (this run), ``reused`` (from the journal), ``failed``, ``tables``, ``out``.
@@ -281,6 +284,12 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
     hop = hop_px(trained, options)
     audio_root = str(store.attrs.get("audio_root", ""))
     keys, paths, todo, ready = {}, {}, [], {}
+    group = None
+    if embeddings is not None:
+        group = open_embeddings(embeddings, wanted, features=trained.model.main_head[-1].in_features, attrs={
+            "checkpoint_sha256": trained.digest, "config_hash": trained.config_hash,
+            "window_seconds": trained.crop_seconds, "hop_seconds": hop / trained.featurizer_config.pixels_per_second})
+    embedded = written(group) if group is not None else {}
     for file_id in wanted:
         index = position[file_id]
         status = table["status"][index]
@@ -294,16 +303,18 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
         paths[file_id] = str(source.pop("path", "") or os.path.join(audio_root, str(table["path"][index])))
         keys[file_id] = result_key(file_id, source, trained, options, hop)
         previous = read_journal(out, file_id, keys[file_id])
-        if previous is None:
+        if previous is None or (group is not None and not embedded.get(file_id)):
             todo.append(index)
         else:
             ready[file_id] = previous
     out.mkdir(parents=True, exist_ok=True)
     (out / "featurizer_config.json").write_text(json.dumps(trained.featurizer_config.to_dict(), indent=2) + "\n")
     reused = len(ready)
-    predicted = run_predictions(trained, store, todo, out, keys, paths, options, hop, failed, ready, progress)
+    rows = {file_id: row for row, file_id in enumerate(wanted)}
+    predicted = run_predictions(trained, store, todo, out, keys, paths, options, hop, failed, ready, progress,
+                                embedding_rows=(group, rows))
     done = [ready[f] for f in wanted if f in ready]
-    written = write_tables(out, done, trained, options)
+    table_files = write_tables(out, done, trained, options)
     write_failures(out, failed)
     settings = {"checkpoint": str(trained.path), "checkpoint_sha256": trained.digest, "step": trained.step,
                 "config_hash": trained.config_hash, "store": store_url, "options": asdict(options),
@@ -313,13 +324,19 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
                 "seconds": round(time.time() - started, 3)}
     tables.write_file(out / "settings.json", json.dumps(settings, indent=2) + "\n")
     return {"predicted": predicted, "reused": reused, "failed": len(failed), "recordings": len(done),
-            "tables": [str(p) for p in written], "out": str(out)}
+            "tables": [str(p) for p in table_files], "out": str(out)}
 
 
 def run_predictions(trained: TrainedModel, store: FeatureStore, todo: list[int], out: Path, keys: dict[str, str],
                     paths: dict[str, str], options: PredictOptions, hop: int, failed: list[tuple[str, str, str]],
-                    ready: dict[str, Prediction], progress: bool) -> int:
-    """Predict the store files ``todo``, journal each as it finishes; returns how many were predicted."""
+                    ready: dict[str, Prediction], progress: bool,
+                    embedding_rows: tuple[Any, dict[str, int]] = (None, {})) -> int:
+    """Predict the store files ``todo``, journal each as it finishes; returns how many were predicted.
+
+    ``embedding_rows``: an embeddings group (or ``None``) and each file's row in it.
+    """
+    group, rows = embedding_rows
+    pixels_per_second = trained.featurizer_config.pixels_per_second
     table, ids = store.table, store.ids
     audio_seconds = float(np.sum(table["duration"][todo])) if todo else 0.0
     count, processed, seconds_done, started = 0, 0, 0.0, time.perf_counter()
@@ -334,6 +351,9 @@ def run_predictions(trained: TrainedModel, store: FeatureStore, todo: list[int],
                 prediction = answer(windows, file_id=file_id, path=paths[file_id],
                                     duration=float(table["duration"][index]), n_frames=int(table["n_frames"][index]),
                                     trained=trained, options=options)
+                if group is not None and windows.embedding is not None:  # before the journal: a rerun redoes both
+                    write_file_embeddings(group, rows[file_id], windows.embedding, windows.starts / pixels_per_second,
+                                          trained.crop_seconds)
                 write_journal(out, keys[file_id], prediction)
                 ready[file_id] = prediction
                 count += 1
