@@ -20,7 +20,8 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-# The demo: synthetic birds -> feature store (local dask cluster) -> summary + PNG -> train -> MAP.
+# The demo: synthetic birds -> feature store (local dask cluster) -> summary + PNG -> train -> MAP
+# -> predictions (tables, run files) -> the run file's MAP -> an attention picture from an audio file.
 demo: $(VENV)/.dev-installed
 	rm -rf demo_data stores/demo.zarr runs/demo
 	$(SC) synth demo_data --species 5 --files-per-species 12 --min-seconds 4 --max-seconds 90 --seed 0
@@ -29,6 +30,10 @@ demo: $(VENV)/.dev-installed
 	$(SC) inspect stores/demo.zarr --png sp00/XC000001.wav stores/demo-XC000001.png
 	$(SC) train --store stores/demo.zarr --out runs/demo $(DEMO_TRAIN_ARGS)
 	$(SC) evaluate --checkpoint runs/demo/checkpoints/last.pt --store stores/demo.zarr --out runs/demo/report.json
+	$(SC) predict --checkpoint runs/demo/checkpoints/last.pt --store stores/demo.zarr --out runs/demo/predictions \
+		--format csv,raven,audacity,birdclef --segments 5
+	$(SC) score runs/demo/predictions/birdclef/recordings.txt demo_data/truth.csv
+	$(SC) explain --checkpoint runs/demo/checkpoints/last.pt demo_data/audio/sp02/XC000025.wav --out runs/demo/explain.png
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
@@ -38,3 +43,5 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/loader.py
 	$(PY) bench/train_step.py
 	$(PY) bench/augment.py
+	$(PY) bench/predict.py
+	$(PY) bench/localize.py

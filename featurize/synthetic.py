@@ -4,7 +4,7 @@ Each species has one call kind in its own frequency band; bands are log-spaced b
 1 kHz and 10 kHz with guard gaps, so species are separable on a (mel) spectrogram.
 The signal functions (`render_call`, `render_recording`) are pure: numpy in, numpy out,
 all randomness from the `rng` passed in. `make_dataset` does the file I/O: audio (16-bit
-PCM wav/flac), labels.csv, calls.csv and BirdCLEF-2017-style XML metadata.
+PCM wav/flac), labels.csv, calls.csv, truth.csv and BirdCLEF-2017-style XML metadata.
 Same seed => byte-identical files.
 
     soundception synth OUT_DIR [--species 5] [--files-per-species 6] [--seed 0]
@@ -207,6 +207,7 @@ def make_dataset(out_dir, *, n_species: int = 5, files_per_species: int = 6, min
     audio/<species_id>/<file_id>.<ext>   mono 16-bit PCM at `sample_rate` Hz
     labels.csv  path,label,background    (path relative to audio/, background ids joined by ';')
     calls.csv   file,species,start,end,low_hz,high_hz,background   (seconds, Hz, 0/1)
+    truth.csv   MediaId,ClassId,BackgroundClassIds   (for ``soundception score``; MediaId = file name stem)
     xml/<file_id>.xml                    BirdCLEF-2017-style metadata, root <Audio>
 
     Durations (s) are log-uniform in [min_seconds, max_seconds]; file k is in formats[k % len(formats)].
@@ -219,7 +220,7 @@ def make_dataset(out_dir, *, n_species: int = 5, files_per_species: int = 6, min
     out = Path(out_dir)
     (out / "xml").mkdir(parents=True, exist_ok=True)
     table = species_table(n_species)
-    labels, all_calls, files, total = [], [], [], 0.0
+    labels, truth, all_calls, files, total = [], [], [], [], 0.0
     lo_n, hi_n = math.ceil(min_seconds * sample_rate), math.floor(max_seconds * sample_rate)
     for k in range(n_species * files_per_species):
         rng = np.random.default_rng([seed, k])
@@ -237,16 +238,18 @@ def make_dataset(out_dir, *, n_species: int = 5, files_per_species: int = 6, min
         _write_xml(out / "xml" / f"{file_id}.xml", file_id=file_id, file_name=f"{file_id}.{ext}", sp=sp,
                    background=background, duration=n / sample_rate, rng=rng)
         labels.append([rel, sp["id"], ";".join(b["id"] for b in background)])
+        truth.append([file_id, sp["id"], ";".join(b["id"] for b in background)])
         all_calls += [[rel, c["species"], f"{c['start']:.3f}", f"{c['end']:.3f}", c["low_hz"], c["high_hz"],
                        int(c["background"])] for c in calls]
         files.append(rel)
         total += n / sample_rate
     for name, header, rows in (("labels.csv", ["path", "label", "background"], labels),
+                               ("truth.csv", ["MediaId", "ClassId", "BackgroundClassIds"], truth),
                                ("calls.csv", ["file", "species", "start", "end", "low_hz", "high_hz",
                                               "background"], all_calls)):
         with open(out / name, "w", newline="") as fh:
             csv.writer(fh, lineterminator="\n").writerows([header, *rows])
     paths = {"root": str(out), "audio": str(out / "audio"), "xml": str(out / "xml"),
-             "labels": str(out / "labels.csv"), "calls": str(out / "calls.csv")}
+             "labels": str(out / "labels.csv"), "calls": str(out / "calls.csv"), "truth": str(out / "truth.csv")}
     return {"n_files": len(files), "total_seconds": total, "species": table, "files": files, "paths": paths}
 

@@ -299,3 +299,24 @@ def test_embeddings_open_in_xarray_and_equal_the_pooled_features(trained_run, tm
     with pytest.raises(UserError, match="holds embeddings of other files"):
         predict_store(trained_run.checkpoint, trained_run.store, tmp_path / "out2", PredictOptions(device="cpu"),
                       progress=False, embeddings=path, file_ids=list(store.ids[:3]))
+
+
+def test_a_birdclef_run_scores_the_same_map_as_evaluate(trained_run, tmp_path):
+    from train.evaluate import evaluate
+    from train.score import read_run_file, read_truth, score
+    from train.trained import load_trained_model
+
+    trained = load_trained_model(trained_run.checkpoint)
+    predict_store(trained_run.checkpoint, trained_run.store, tmp_path,
+                  PredictOptions(hop_seconds=trained.crop_seconds, formats=("birdclef",), device="cpu"),
+                  progress=False)  # windows one window apart, as evaluation tiles them
+    truth = trained_run.root / "data" / "truth.csv"
+    scored = score(read_run_file(tmp_path / "birdclef" / "recordings.txt"), read_truth(truth), background=False)
+    evaluated = evaluate(trained_run.checkpoint, trained_run.store, files="all", device="cpu")
+    assert scored["n_scored"] == evaluated["n_recordings"] == 18
+    assert scored["map"] == pytest.approx(evaluated["map"], abs=1e-9)
+    with_background = score(read_run_file(tmp_path / "birdclef" / "recordings.txt"), read_truth(truth),
+                            background=True)
+    assert with_background["map"] == pytest.approx(evaluated["map_background"], abs=1e-9)
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "birdclef" / "recordings.txt"), str(truth)])
+    assert result.exit_code == 0 and f"{evaluated['map']:.4f}"[:5] in result.output
