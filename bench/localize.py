@@ -24,7 +24,7 @@ table gives, per run and as the mean over seeds:
   mean over species (the same two scorings);
 * ``rec MAP``: the recording MAP of the final validation.
 
-    .venv/bin/python bench/localize.py                        # 250 steps, seed 0: about 8 min on 2 idle cores
+    .venv/bin/python bench/localize.py                        # 250 steps, seed 0: 2 runs of 4-8 min on 2 CPU cores
     .venv/bin/python bench/localize.py --device cuda --steps 400 --seeds 0,1,2   # 2 min on one H200
 """
 
@@ -230,7 +230,7 @@ def train_once(store: str, out: Path, *, aux_attention: str, seed: int, steps: i
 
 def add_file(pooled: dict[str, list[np.ndarray]], windows: FileWindows, calls: list[Call], geometry: dict[str, float],
              *, n_classes: int, nyquist: float) -> None:
-    """Append one held-out file's steps (attention, any-call and main-call masks) and its call segments to ``pooled``."""
+    """Append one held-out file's steps (attention, any-call and main-call masks) and its segments to ``pooled``."""
     from train.segments import segment_scores
 
     attention, seconds, active = step_labels(windows, calls, **geometry)
