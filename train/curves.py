@@ -30,14 +30,18 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path:
         left.plot([r["step"] for r in train], [r["loss_main"] for r in train], label="main", alpha=0.6)
     left.set_xlabel("step")
     left.set_ylabel("training loss")
-    left.legend()
+    if train:
+        left.legend()
     for key, label in (("map", "MAP"), ("map_background", "MAP with background"), ("top1", "top-1")):
         if evals:
             right.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
     right.set_xlabel("step")
     right.set_ylabel("validation")
     right.set_ylim(0, 1)
-    right.legend()
+    if evals:
+        right.legend()
+    else:  # no validation files, or no evaluation yet: say so instead of an empty frame
+        right.text(0.5, 0.5, "no validation run", ha="center", va="center", transform=right.transAxes)
     figure.tight_layout()
     figure.savefig(png_path, dpi=100)
     plt.close(figure)
