@@ -222,12 +222,15 @@ def write_birdclef(folder: Path, predictions: Sequence[Prediction], trained: Tra
     """The challenge's run files: per recording always; per segment with whole-second ``--segments``."""
     ids = tables.media_ids([p.file for p in predictions])
     top = tables.BIRDCLEF_MAX_SPECIES
-    recordings = [r for p in predictions for r in detections(p, trained, top_k=top, min_score=0.0, segments=False)]
-    written = [tables.write_file(folder / "recordings.txt", tables.birdclef_recording_text(recordings, ids))]
+    # one recording's rows at a time: 100 species per 5 s segment of a long soundscape are many rows
+    recordings = "".join(tables.birdclef_recording_text(detections(p, trained, top_k=top, min_score=0.0,
+                                                                   segments=False), ids) for p in predictions)
+    written = [tables.write_file(folder / "recordings.txt", recordings)]
     seconds = options.segment_seconds
     if seconds is not None and float(seconds).is_integer():
-        segments = [r for p in predictions for r in detections(p, trained, top_k=top, min_score=0.0, segments=True)]
-        written.append(tables.write_file(folder / "segments.txt", tables.birdclef_segment_text(segments, ids)))
+        segments = "".join(tables.birdclef_segment_text(detections(p, trained, top_k=top, min_score=0.0,
+                                                                   segments=True), ids) for p in predictions)
+        written.append(tables.write_file(folder / "segments.txt", segments))
     return written
 
 

@@ -51,22 +51,41 @@ def step_times(windows: FileWindows, n_steps: int, *, width: int, n_frames: int,
     return np.where(np.isnan(seconds), np.nan, original_seconds(np.nan_to_num(seconds), duration))
 
 
-def segment_activity(windows: FileWindows, segment: np.ndarray, n_segments: int) -> np.ndarray:
-    """float32 ``(n_windows, S)``: each window's highest attention inside each segment (-1: not touched)."""
-    activity = np.full((len(windows.starts), n_segments), -1.0, dtype=np.float32)
+def segment_activity(windows: FileWindows, segment: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each window's highest attention inside each segment it touches, as sparse triples.
+
+    Returns int ``(n,)`` windows, int ``(n,)`` segments and float32 ``(n,)`` attention, one per
+    touching (window, segment) pair: a window touches a few segments, so memory grows with the
+    recording's length, never with its square.
+    """
+    n_segments = int(segment.max()) + 1 if segment.size else 0
     rows = np.repeat(np.arange(segment.shape[0]), segment.shape[1])
     flat, values = segment.ravel(), windows.temporal.ravel()
     keep = flat >= 0
-    np.maximum.at(activity, (rows[keep], flat[keep]), values[keep])
-    return activity
+    keys = rows[keep] * n_segments + flat[keep]
+    values = values[keep].astype(np.float32)
+    order = np.lexsort((values, keys))  # by pair, then attention: each pair's last is its maximum
+    keys, values = keys[order], values[order]
+    last = np.flatnonzero(np.r_[keys[1:] != keys[:-1], True])
+    return keys[last] // max(n_segments, 1), keys[last] % max(n_segments, 1), values[last]
 
 
-def _fill_untouched(activity: np.ndarray, windows: FileWindows, times: np.ndarray, bounds: np.ndarray) -> None:
+def _fill_untouched(pairs: tuple[np.ndarray, np.ndarray, np.ndarray], windows: FileWindows, times: np.ndarray,
+                    bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A segment shorter than one step may hold no step centre: give it the nearest step's attention."""
-    for s in np.flatnonzero((activity < 0).all(axis=0)):
+    untouched = np.setdiff1d(np.arange(len(bounds)), pairs[1])
+    extra = []
+    for s in untouched:
         distance = np.nan_to_num(np.abs(times - bounds[s].mean()), nan=np.inf)
         w, j = np.unravel_index(np.argmin(distance), distance.shape)
-        activity[w, s] = windows.temporal[w, j]
+        extra.append((w, s, windows.temporal[w, j]))
+    if not extra:
+        return pairs
+    w, s, a = (np.array(column) for column in zip(*extra))
+    return np.r_[pairs[0], w], np.r_[pairs[1], s], np.r_[pairs[2], a].astype(np.float32)
+
+
+PAIRS_PER_CHUNK = 4096  # bounds the (pairs, classes) products held at once
 
 
 def frequency_bands(windows: FileWindows, *, width: int, n_frames: int, duration: float, pixels_per_second: float,
@@ -115,11 +134,14 @@ def segment_scores(windows: FileWindows, *, width: int, n_frames: int, duration:
     bounds = segment_bounds(duration, segment_seconds)
     times = step_times(windows, windows.temporal.shape[1], width=width, n_frames=n_frames, duration=duration,
                        pixels_per_second=pixels_per_second)
-    segment = segment_of(times, bounds)
-    activity = segment_activity(windows, segment, len(bounds))
-    _fill_untouched(activity, windows, times, bounds)
-    weighted = windows.probabilities[:, None, :] * np.clip(activity, 0, None)[:, :, None]  # (W, S, K)
-    scores = np.where(activity[:, :, None] >= 0, weighted, 0).max(axis=0).astype(np.float32)
+    windows_of, segments_of, attention = _fill_untouched(segment_activity(windows, segment_of(times, bounds)),
+                                                         windows, times, bounds)
+    scores = np.zeros((len(bounds), windows.probabilities.shape[1]), dtype=np.float32)
+    for start in range(0, len(attention), PAIRS_PER_CHUNK):
+        chunk = slice(start, start + PAIRS_PER_CHUNK)
+        np.maximum.at(scores, segments_of[chunk], windows.probabilities[windows_of[chunk]] * attention[chunk, None])
+    activity = np.zeros(len(bounds), dtype=np.float32)
+    np.maximum.at(activity, segments_of, attention)
     bands = frequency_bands(windows, width=width, n_frames=n_frames, duration=duration,
                             pixels_per_second=pixels_per_second, bounds=bounds, nyquist=nyquist)
-    return Segments(bounds=bounds, scores=scores, activity=activity.max(axis=0).astype(np.float32), bands=bands)
+    return Segments(bounds=bounds, scores=scores, activity=activity, bands=bands)
