@@ -96,7 +96,8 @@ def forward_windows(model: torch.nn.Module, windows: torch.Tensor, device: torch
         output = model(prepare(batch) if prepare is not None else model.normalize(to_float(batch)))
     probabilities = torch.softmax(output.logits.float(), dim=1).cpu().numpy()
     maps = [getattr(output, name, None) for name in ("temporal_attention", "time_frequency_attention", "embedding")]
-    return (probabilities, *(None if m is None else m.float().cpu().numpy() for m in maps))  # type: ignore[return-value]
+    arrays = (None if m is None else m.float().cpu().numpy() for m in maps)
+    return (probabilities, *arrays)  # type: ignore[return-value]
 
 
 def file_windows(model: torch.nn.Module, store: FeatureStore, indices: Sequence[int], *, width: int,
@@ -117,8 +118,8 @@ def file_windows(model: torch.nn.Module, store: FeatureStore, indices: Sequence[
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     was_training = model.training
     model.eval()
-    pending: dict[str, list] = {"starts": [], "probabilities": [], "temporal": [], "time_frequency": [], "embedding": [],
-                               "errors": []}
+    names = ("starts", "probabilities", "temporal", "time_frequency", "embedding", "errors")
+    pending: dict[str, list] = {name: [] for name in names}
     current = None
     try:
         for positions, starts, windows, errors in loader:

@@ -134,7 +134,7 @@ def resumed_checkpoint(config: RunConfig, store: FeatureStore) -> dict[str, Any]
 
 def write_run_folder(config: RunConfig, split: Split, store_config: FeaturizerConfig, *,
                      resumed_step: int | None) -> None:
-    """``run_config.json``, ``featurizer_config.json`` and ``split.json``; metrics after the resumed step are dropped."""
+    """``run_config.json``, ``featurizer_config.json``, ``split.json``; metrics after the resumed step dropped."""
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.write(run_dir / "run_config.json")

@@ -170,7 +170,7 @@ def hhmmss(seconds: float) -> str:
 
 
 def time_code(start_s: float, end_s: float) -> str:
-    """BirdCLEF's ``hh:mm:ss-hh:mm:ss`` for a segment: start rounded down, end up (a short last segment stays non-empty)."""
+    """BirdCLEF's ``hh:mm:ss-hh:mm:ss`` for a segment: start rounded down, end up (a short last one stays non-empty)."""
     return f"{hhmmss(math.floor(start_s + 1e-6))}-{hhmmss(math.ceil(end_s - 1e-6))}"
 
 
