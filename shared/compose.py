@@ -48,6 +48,8 @@ def audio_inputs(inputs: Sequence[str]) -> tuple[Path, dict[str, Path]]:
                 raise click.UsageError(f"{text}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
             files += found
         elif path.is_file():
+            if path.suffix.lower() not in AUDIO_EXTENSIONS:
+                raise click.UsageError(f"{text}: not an audio file (expected one of {', '.join(AUDIO_EXTENSIONS)})")
             files.append(path)
         else:
             raise click.UsageError(f"{text}: no such file or folder")
@@ -150,8 +152,9 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
     except KeyboardInterrupt:
         raise click.ClickException("interrupted: recordings already predicted are kept in "
                                    f"{Path(out) / 'journal'}; run the same command again to continue") from None
-    click.echo(f"predicted {summary['predicted']} recording(s), {summary['reused']} already done, "
-               f"{summary['failed']} failed (see {Path(out) / 'failures.csv'}); tables in {out}")
+    failed = f"{summary['failed']} failed (see {Path(out) / 'failures.csv'})" if summary["failed"] else "0 failed"
+    click.echo(f"predicted {summary['predicted']} recording(s), {summary['reused']} already done, {failed}; "
+               f"tables in {out}")
 
 
 @click.command("explain")

@@ -127,6 +127,34 @@ def test_overlapping_windows_each_segment_takes_the_window_that_sees_it():
     np.testing.assert_allclose(result.scores[1], [0.9, 0.1], rtol=1e-6)
     np.testing.assert_allclose(result.scores[4], [0.1, 0.9], rtol=1e-6)
     np.testing.assert_allclose(result.scores[[0, 2, 3, 5]], 0.0)
+    # both windows active in segment 3-4 s: it takes the better window, species by species (not the mean)
+    a[30:32], b[15:17] = 0.5, 1.0  # both at 3.0-3.2 s
+    windows = fake_windows(np.stack([a, b]), np.array([[0.9, 0.1], [0.3, 0.7]]), [0, 200])
+    result = segment_scores(windows, width=400, n_frames=600, duration=6.0, pixels_per_second=100.0,
+                            segment_seconds=1.0, nyquist=11025.0)
+    np.testing.assert_allclose(result.scores[3], [max(0.9 * 0.5, 0.3), max(0.1 * 0.5, 0.7)], rtol=1e-6)
+
+
+def test_birdclef_time_codes_keep_a_short_last_segment():
+    assert tables.time_code(5.0, 10.0) == "00:00:05-00:00:10"
+    assert tables.time_code(4.0, 4.193) == "00:00:04-00:00:05"  # rounded up, never an empty span
+    assert tables.time_code(3595.0, 3600.0) == "00:59:55-01:00:00"
+
+
+def test_the_journal_key_changes_with_what_changes_the_scores(trained_run):
+    import dataclasses
+
+    from train.predict import result_key
+    from train.trained import load_trained_model
+
+    trained = load_trained_model(trained_run.checkpoint)
+    source, options = {"size": 10, "mtime": 1}, PredictOptions()
+    key = result_key("a.wav", source, trained, options, 85)
+    assert key == result_key("a.wav", dict(source), trained, PredictOptions(top_k=2, min_score=0.5), 85)
+    assert key != result_key("a.wav", source, dataclasses.replace(trained, digest="0" * 64), options, 85)
+    assert key != result_key("a.wav", {"size": 10, "mtime": 2}, trained, options, 85)
+    assert key != result_key("a.wav", source, trained, options, 42)
+    assert key != result_key("a.wav", source, trained, PredictOptions(segment_seconds=5.0), 85)
 
 
 def test_every_table_parses_back_to_the_same_rows(trained_run, tmp_path):
@@ -205,6 +233,7 @@ def test_a_corrupt_file_fails_alone(trained_run, tmp_path):
         samples, rate = soundfile.read(trained_run.audio / file_id)
         soundfile.write(audio / Path(file_id).name, samples, rate)
     (audio / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEgarbage")
+    (audio / "x.txt").write_text("notes")
     out = tmp_path / "out"
     output = predict_cli("--checkpoint", str(trained_run.checkpoint), str(audio), "--out", str(out), "--device", "cpu")
     assert "predicted 2 recording(s), 0 already done, 1 failed" in output
@@ -212,6 +241,18 @@ def test_a_corrupt_file_fails_alone(trained_run, tmp_path):
     assert [(f["file"], f["stage"]) for f in failures] == [("broken.wav", "featurize")]
     assert "\n" not in failures[0]["error"] and failures[0]["error"]
     assert set(best_species(csv_rows(out / "predictions.csv"))) == {"XC000001.wav", "XC000007.wav"}
+    # a recording edited in place is featurized and predicted again; the other is reused
+    before = best_species(csv_rows(out / "predictions.csv"))
+    samples, rate = soundfile.read(trained_run.audio / "sp02/XC000013.wav")
+    soundfile.write(audio / "XC000001.wav", samples, rate)
+    output = predict_cli("--checkpoint", str(trained_run.checkpoint), str(audio), "--out", str(out), "--device", "cpu")
+    assert "predicted 1 recording(s), 1 already done, 1 failed" in output
+    after = best_species(csv_rows(out / "predictions.csv"))
+    assert after["XC000007.wav"] == before["XC000007.wav"]
+    assert (before["XC000001.wav"], after["XC000001.wav"]) == ("sp00", "sp02")
+    named = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run.checkpoint), str(audio / "x.txt"),
+                                      "--out", str(out)])
+    assert named.exit_code == 2 and "not an audio file" in named.output
 
 
 def test_an_unreadable_image_chunk_fails_its_file_alone(trained_run, tmp_path):

@@ -41,7 +41,7 @@ from train import tables
 from train.config import UserError
 from train.embeddings import open_embeddings, write_file_embeddings, written
 from train.inference import FileWindows, file_windows
-from train.runtime import resolve_device
+from train.runtime import bound_heap, resolve_device
 from train.segments import segment_scores
 from train.trained import TrainedModel, load_trained_model
 
@@ -274,6 +274,7 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
     """
     started = time.time()
     out = Path(out)
+    bound_heap()  # memory bounded by the batch, not by how long the run has gone on
     trained = trained or load_trained_model(checkpoint, resolve_device(options.device))
     store = FeatureStore(store_url, storage_options)
     trained.check_store(store)
@@ -321,6 +322,7 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
     write_failures(out, failed)
     settings = {"checkpoint": str(trained.path), "checkpoint_sha256": trained.digest, "step": trained.step,
                 "config_hash": trained.config_hash, "store": store_url, "options": asdict(options),
+                "device_used": str(trained.device), "files": len(wanted),
                 "window_px": trained.crop_width, "hop_px": hop, "classes": len(trained.classes),
                 "versions": versions(), "predicted": predicted, "reused": reused, "failed": len(failed),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
@@ -363,6 +365,6 @@ def run_predictions(trained: TrainedModel, store: FeatureStore, todo: list[int],
             processed += 1
             seconds_done += float(table["duration"][index])
             bar.update(processed)
-            rate = seconds_done / 3600 / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(f"{rate:.3f} audio-h/s of {audio_seconds / 3600:.2f} h")
+            speed = seconds_done / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(f"{speed:.0f} s of audio per s, {seconds_done / 3600:.2f} of {audio_seconds / 3600:.2f} h")
     return count
