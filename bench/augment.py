@@ -18,9 +18,7 @@ is trained once and reported under both names.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -31,9 +29,10 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_data; after the repo root (bench/featurize.py)
 
 from featurize.pipeline import featurize_store  # noqa: E402
-from featurize.synthetic import render_recording, species_table  # noqa: E402
+from bench_data import make_audio  # noqa: E402
 from shared.config import FeaturizerConfig  # noqa: E402
 from train.augment import AugmentConfig  # noqa: E402
 
@@ -53,34 +52,6 @@ CONDITIONS = {
     "default": "default",
 }
 QUICK_CONDITIONS = ("none", "hue", "paper", "default")
-
-
-def make_audio(root: Path, *, n_species: int, files_per_species: int, seconds: tuple[float, float],
-               snr_db: tuple[float, float], seed: int, sample_rate: int = 22050) -> Path:
-    """Write ``root/audio/<species>/<file>.wav`` (16-bit, ``sample_rate`` Hz) and ``root/labels.csv``.
-
-    Durations (s) are log-uniform in ``seconds``; the signal-to-noise ratio (dB, against the main
-    species' calls while they sound) is uniform in ``snr_db``. Returns the labels.csv path.
-    """
-    import soundfile
-
-    table = species_table(n_species)
-    rows = [["path", "label", "background"]]
-    for k in range(n_species * files_per_species):
-        rng = np.random.default_rng([seed, k])
-        main = table[k // files_per_species]
-        others = [s for s in table if s["id"] != main["id"]]
-        background = [others[rng.integers(len(others))]] if rng.random() < 0.5 else []
-        duration = math.exp(rng.uniform(math.log(seconds[0]), math.log(seconds[1])))
-        audio, _ = render_recording(duration=duration, main=main, background=background, sample_rate=sample_rate,
-                                    rng=rng, snr_db=rng.uniform(*snr_db))
-        relative = f"{main['id']}/XC{k + 1:06d}.wav"
-        (root / "audio" / main["id"]).mkdir(parents=True, exist_ok=True)
-        soundfile.write(root / "audio" / relative, audio, sample_rate, subtype="PCM_16")
-        rows.append([relative, main["id"], ";".join(b["id"] for b in background)])
-    with open(root / "labels.csv", "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(rows)
-    return root / "labels.csv"
 
 
 def train_once(store: str, out: Path, *, spec: str, seed: int, steps: int, crop_seconds: float,
