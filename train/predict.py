@@ -119,10 +119,11 @@ def write_journal(out: Path, key: str, prediction: Prediction) -> None:
     """Atomically write one recording's entry (a temporary file renamed into place)."""
     path = journal_path(out, prediction.file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.stem + ".tmp.npz")
-    np.savez(temporary, key=np.array(key), file_id=np.array(prediction.file), path=np.array(prediction.path),
-             duration=np.array(prediction.duration), scores=prediction.scores, segments=prediction.segments,
-             segment_scores=prediction.segment_scores, bands=prediction.bands)
+    temporary = path.with_name(path.name + ".tmp")  # not *.npz: only complete entries carry that name
+    with open(temporary, "wb") as handle:
+        np.savez(handle, key=np.array(key), file_id=np.array(prediction.file), path=np.array(prediction.path),
+                 duration=np.array(prediction.duration), scores=prediction.scores, segments=prediction.segments,
+                 segment_scores=prediction.segment_scores, bands=prediction.bands)
     os.replace(temporary, path)
 
 
