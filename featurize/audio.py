@@ -63,33 +63,179 @@ class _Collector:
         return np.concatenate([head, *self.overflow]) if self.overflow else head
 
 
+_RETRY_FRAMES = 4096  # after a corrupt block, re-read from its start in steps this small
+_MP3_SLACK_FRAMES = 2 * 1152  # two MPEG frames: encoder delay and padding a decoder may count differently
+_PCM_WAVE_TAGS = (0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE)  # PCM, float, A-law, mu-law, extensible
+
+
+def _riff_frames(path: Path) -> int | None:
+    """Frames a WAV (RIFF or RF64) header promises: the ``data`` chunk's size / block align."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None
+        tag = block_align = long_size = None
+        for _ in range(256):  # chunks before the data: fmt, fact, LIST, ds64, ...
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                size = long_size if head[:4] == b"RF64" and size == 0xFFFFFFFF else size
+                if not size or size == 0xFFFFFFFF or not block_align or tag not in _PCM_WAVE_TAGS:
+                    return None  # a streaming writer's placeholder, or a compressed codec
+                return size // block_align
+            body = handle.read(min(size, 64)) if name in (b"fmt ", b"ds64") else b""
+            if name == b"fmt " and len(body) >= 14:
+                tag, block_align = int.from_bytes(body[0:2], "little"), int.from_bytes(body[12:14], "little")
+            if name == b"ds64" and len(body) >= 16:
+                long_size = int.from_bytes(body[8:16], "little")
+            handle.seek(size + (size & 1) - len(body), 1)
+    return None
+
+
+def _aiff_frames(path: Path) -> int | None:
+    """Frames an AIFF/AIFC header promises (``COMM`` chunk's numSampleFrames)."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if head[:4] != b"FORM" or head[8:12] not in (b"AIFF", b"AIFC"):
+            return None
+        for _ in range(256):
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], int.from_bytes(chunk[4:], "big")
+            if name == b"COMM":
+                body = handle.read(6)
+                return int.from_bytes(body[2:6], "big") if len(body) == 6 else None
+            handle.seek(size + (size & 1), 1)
+    return None
+
+
+def _mp3_counts_frames(path: Path) -> bool:
+    """True when the first MPEG frame carries a Xing/Info (with a frame count) or VBRI header.
+
+    Without one, libsndfile estimates the length from the file size and bitrate: measured on
+    intact VBR files, 0 to 28 % above what decodes, so such an estimate promises nothing.
+    """
+    with open(path, "rb") as handle:
+        start = handle.read(10)
+        offset = 0
+        if start[:3] == b"ID3" and len(start) == 10:  # skip an ID3v2 tag (syncsafe size)
+            offset = 10 + sum((byte & 0x7F) << (7 * (3 - i)) for i, byte in enumerate(start[6:10]))
+        handle.seek(offset)
+        frame = handle.read(200)
+    for tag in (b"Xing", b"Info"):
+        at = frame.find(tag)
+        if 0 <= at <= 40 and len(frame) >= at + 8:
+            return bool(int.from_bytes(frame[at + 4 : at + 8], "big") & 1)  # flag 1: frame count present
+    return frame.find(b"VBRI") == 36
+
+
+def _ogg_ends_cleanly(path: Path) -> bool:
+    """True when the file ends with a complete Ogg page that carries the end-of-stream flag.
+
+    A page is at most 65,307 bytes, so the last one lies in the file's tail. Candidates are tried
+    from the end, so a stray ``OggS`` inside the last page's payload cannot hide it.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 65_536 - 282))
+        tail = handle.read()
+    at = len(tail)
+    while (at := tail.rfind(b"OggS", 0, at)) >= 0:
+        if len(tail) - at >= 27 and len(tail) - at >= 27 + tail[at + 26]:
+            segments = tail[at + 27 : at + 27 + tail[at + 26]]
+            if at + 27 + len(segments) + sum(segments) == len(tail):
+                return bool(tail[at + 5] & 0x04)
+    return False
+
+
+def _promised_frames(path: Path, audio) -> tuple[int | None, int]:
+    """``(frames the header promises, slack)``: fewer decoded frames than ``promise - slack``
+    means the file was cut short. ``None`` where the header promises nothing exact.
+
+    libsndfile shrinks a WAV's or AIFF's frame count to the bytes present, so their own headers
+    are read here; FLAC's STREAMINFO and an MP3's Xing/Info/VBRI frame count are what
+    ``audio.frames`` reports. Measured on intact files written by soundfile: no slack for any
+    of them; the MP3 slack allows for decoders that count the encoder delay differently.
+    """
+    kind = audio.format
+    if kind in ("WAV", "WAVEX", "RF64"):
+        return _riff_frames(path), 0
+    if kind == "AIFF":
+        return _aiff_frames(path), 0
+    if kind == "FLAC":
+        return (audio.frames if audio.frames > 0 else None), 0
+    if kind == "MP3" and _mp3_counts_frames(path):
+        return audio.frames, _MP3_SLACK_FRAMES
+    return None, 0
+
+
+def _truncation(path: Path, audio, n_source: int) -> str:
+    """The warning for a stream that ended cleanly but early ("" when it is whole)."""
+    kept = n_source / audio.samplerate
+    if audio.format == "OGG":
+        if _ogg_ends_cleanly(path):
+            return ""
+        return f"truncated or corrupt after {kept:.1f} s (the Ogg stream has no end-of-stream page); kept that part"
+    promised, slack = _promised_frames(path, audio)
+    if promised is None or n_source >= promised - slack:
+        return ""
+    return (f"truncated or corrupt after {kept:.1f} s of the {promised / audio.samplerate:.1f} s "
+            f"its header promised; kept that part")
+
+
+def _soundfile_blocks(audio, state: dict[str, object]):
+    """Yield float32 ``(frames, channels)`` blocks; on a corrupt block, re-read its clean start.
+
+    ``state["frames"]`` counts the frames yielded; ``state["error"]`` is set when the stream
+    broke after some audio (re-raised when none decoded).
+    """
+    step = _BLOCK_FRAMES
+    while True:
+        try:
+            block = audio.read(step, dtype="float32", always_2d=True)
+        except Exception as error:  # corrupt or truncated stream: keep what decodes cleanly
+            if step == _BLOCK_FRAMES:  # the failed block may start with good audio: retry it finely
+                try:
+                    audio.seek(state["frames"])
+                    step = _RETRY_FRAMES
+                    state["error"] = error
+                    continue
+                except Exception:
+                    pass
+            state["error"] = state.get("error", error)
+            if state["frames"] == 0:
+                raise state["error"] from None
+            return
+        if block.shape[0] == 0:
+            return
+        state["frames"] += block.shape[0]
+        yield block
+
+
 def _decode_soundfile(path: Path, sample_rate: int) -> Decoded:
     import soundfile
 
-    warning = ""
     with soundfile.SoundFile(str(path)) as audio:
         source_rate = audio.samplerate
         if source_rate <= 0:
             raise DecodeError(f"invalid sample rate {source_rate}")
         resampler = _resampler(source_rate, sample_rate)
         collector = _Collector(math.ceil(max(audio.frames, 0) * sample_rate / source_rate) + 64)
-        n_source = 0
-        while True:
-            try:
-                block = audio.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
-            except Exception as error:  # corrupt or truncated stream: keep what decoded cleanly
-                if n_source == 0:
-                    raise
-                kept = n_source / source_rate
-                warning = f"truncated or corrupt after {kept:.1f} s ({one_line(error)}); kept that part"
-                break
-            if block.shape[0] == 0:
-                break
-            n_source += block.shape[0]
+        state: dict[str, object] = {"frames": 0}
+        for block in _soundfile_blocks(audio, state):
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
             collector.add(resampler.resample_chunk(mono) if resampler else mono)
         if resampler is not None:
             collector.add(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        n_source = int(state["frames"])
+        if "error" in state:
+            warning = (f"truncated or corrupt after {n_source / source_rate:.1f} s "
+                       f"({one_line(state['error'])}); kept that part")
+        else:
+            warning = _truncation(path, audio, n_source)
     return Decoded(collector.result(), n_source / source_rate, warning)
 
 
