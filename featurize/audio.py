@@ -17,6 +17,8 @@ import numpy as np
 from shared.text import one_line
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma")
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")  # what libsndfile reads
+FFMPEG_HINT = "this format needs ffmpeg (apt install ffmpeg / conda install ffmpeg)"
 _BLOCK_FRAMES = 1 << 16  # source frames per decode block (what a corrupt block can cost)
 
 
@@ -262,13 +264,25 @@ def _decode_audioread(path: Path, sample_rate: int) -> Decoded:
     return Decoded(samples, n_source / source_rate)
 
 
+def _cannot_decode(name: str, soundfile_error: Exception, audioread_error: Exception) -> str:
+    """One line for a file neither decoder read. A format libsndfile does not read (m4a, aac,
+    wma, ...) with no audioread backend installed gets the hint to install ffmpeg; a file of a
+    format libsndfile reads is broken, whatever audioread says."""
+    import audioread
+
+    if isinstance(audioread_error, audioread.NoBackendError) and Path(name).suffix.lower() not in SOUNDFILE_EXTENSIONS:
+        return f"cannot decode {name}: {FFMPEG_HINT}; soundfile: {one_line(soundfile_error)}"
+    return f"cannot decode audio: soundfile: {one_line(soundfile_error)}; audioread: {one_line(audioread_error)}"
+
+
 def decode(path: str | Path, *, sample_rate: int) -> Decoded:
     """Decode an audio file to mono float32 at ``sample_rate`` Hz.
 
-    Channels are averaged. A stream that breaks after some audio decoded cleanly (a truncated
-    download, say) keeps that audio and says so in ``warning``. Raises :class:`DecodeError` with
-    a one-line reason when neither soundfile nor audioread can read the file, or it holds no
-    samples.
+    Channels are averaged. A stream that breaks or ends before its header's length after some
+    audio decoded cleanly (a truncated download, say) keeps that audio and says so in
+    ``warning``. Raises :class:`DecodeError` with a one-line reason when neither soundfile nor
+    audioread can read the file (for m4a/aac/wma without ffmpeg: the hint to install it), or it
+    holds no samples.
     """
     path = Path(path)
     if not path.is_file():
@@ -281,9 +295,7 @@ def decode(path: str | Path, *, sample_rate: int) -> Decoded:
         try:
             decoded = _decode_audioread(path, sample_rate)
         except Exception as second:
-            raise DecodeError(
-                f"cannot decode audio: soundfile: {one_line(first)}; audioread: {one_line(second)}"
-            ) from None
+            raise DecodeError(_cannot_decode(path.name, first, second)) from None
     if decoded.samples.size == 0:
         raise DecodeError("no audio samples (0 frames)")
     if not np.all(np.isfinite(decoded.samples)):

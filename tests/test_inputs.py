@@ -3,12 +3,18 @@ ffmpeg, malformed label CSVs, and audio on object storage (a real moto S3 server
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile
 from conftest import SR, noise, tone, write
 
-from featurize.audio import decode
+from featurize.audio import DecodeError, decode
 
 # format keyword arguments for soundfile.write, by file extension; opus is always 48 kHz
 CODECS = {
@@ -77,3 +83,56 @@ def test_an_ogg_cut_between_pages_warns(tmp_path, extension):
     path.write_bytes(data[:page])
     cut = decode(path, sample_rate=SR)
     assert "no end-of-stream page" in cut.warning and 3.5 < cut.duration < 6.5
+
+
+FFMPEG = shutil.which("ffmpeg")
+
+
+def m4a_file(path):
+    """A real AAC-in-MP4 file of a 1 kHz tone when ffmpeg is here to make one; else just the
+    start of an MP4 container (enough for the hint: neither decoder gets further)."""
+    if FFMPEG:
+        wav = write(path.with_suffix(".wav"), tone(1000.0, 2.0))
+        subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(wav), "-c:a", "aac", str(path)], check=True)
+    else:
+        path.write_bytes(b"\0\0\0\x20ftypM4A \0\0\x02\0M4A mp42isom\0\0\0\0" + bytes(range(256)) * 8)
+    return path
+
+
+@pytest.mark.parametrize("extension", [".m4a", ".aac", ".wma"])
+def test_formats_beyond_libsndfile_decode_with_ffmpeg_or_say_to_install_it(tmp_path, extension):
+    if FFMPEG and extension == ".m4a":  # ffmpeg is installed: a real m4a decodes
+        decoded = decode(m4a_file(tmp_path / "a.m4a"), sample_rate=SR)
+        assert decoded.duration == pytest.approx(2.0, abs=0.1) and decoded.warning == ""
+        spectrum = np.abs(np.fft.rfft(decoded.samples))
+        assert np.fft.rfftfreq(decoded.samples.size, 1 / SR)[spectrum.argmax()] == pytest.approx(1000.0, abs=2)
+        return
+    if FFMPEG:
+        pytest.skip("ffmpeg is installed: its hint is tested with ffmpeg off the PATH")
+    path = m4a_file(tmp_path / f"a{extension}")
+    with pytest.raises(DecodeError) as error:
+        decode(path, sample_rate=SR)
+    message = str(error.value)
+    assert message.startswith(f"cannot decode a{extension}: this format needs ffmpeg (apt install ffmpeg")
+    assert "soundfile: " in message and "\n" not in message
+
+
+def test_ffmpeg_hint_when_ffmpeg_is_off_the_path(tmp_path):
+    """Runs in a subprocess whose PATH is empty, so this holds with or without ffmpeg installed."""
+    path = m4a_file(tmp_path / "a.m4a")
+    script = ("from featurize.audio import decode, DecodeError\n"
+              f"try: decode({str(path)!r}, sample_rate={SR})\n"
+              "except DecodeError as error: print(error)\n")
+    repository = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PATH": "", "PYTHONPATH": str(repository)}
+    result = subprocess.run([sys.executable, "-c", script], env=environment, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.startswith("cannot decode a.m4a: this format needs ffmpeg (apt install ffmpeg / conda install")
+
+
+def test_a_broken_file_of_a_libsndfile_format_gets_no_ffmpeg_hint(tmp_path):
+    path = tmp_path / "notes.flac"
+    path.write_text("field notes, not audio\n" * 40)
+    with pytest.raises(DecodeError, match="^cannot decode audio: soundfile: .*; audioread: ") as error:
+        decode(path, sample_rate=SR)
+    assert "ffmpeg" not in str(error.value)
