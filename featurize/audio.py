@@ -9,6 +9,7 @@ the fallback for anything libsndfile cannot open (m4a/aac, for one).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,17 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")  # what libsndfile reads
 FFMPEG_HINT = "this format needs ffmpeg (apt install ffmpeg / conda install ffmpeg)"
 _BLOCK_FRAMES = 1 << 16  # source frames per decode block (what a corrupt block can cost)
+
+
+def is_url(path: str | Path) -> bool:
+    """True for an fsspec URL (``s3://bucket/key``, ``gs://...``, ``https://...``), not a local path."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def redact(text: str) -> str:
+    """``text`` with the user and password of any ``scheme://user:password@host`` removed, for
+    messages and logs (keys passed in storage options never appear in a message at all)."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1", text)
 
 
 class DecodeError(RuntimeError):

@@ -7,11 +7,13 @@ Everything here works on paths and text only; the result is a list of :class:`Re
 from __future__ import annotations
 
 import csv
+import io
+import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurize.audio import AUDIO_EXTENSIONS
+from featurize.audio import AUDIO_EXTENSIONS, is_url, redact
 
 LABEL_SOURCES = ("auto", "xml", "csv", "folders", "none")
 
@@ -95,32 +97,110 @@ def read_birdclef_xml(paths: list[Path]) -> tuple[dict[str, dict[str, object]], 
     return found, conflicts, notes
 
 
-def read_csv(path: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], dict[str, str], list[str]]:
+def _read_bytes(path: str | Path, storage_options: dict | None) -> bytes:
+    """The bytes of a local file or an fsspec URL."""
+    if is_url(str(path)):
+        import fsspec
+
+        with fsspec.open(str(path), "rb", **(storage_options or {})) as handle:
+            return handle.read()
+    return Path(path).read_bytes()
+
+
+class MetadataError(ValueError):
+    """A metadata file cannot be trusted; the message is one line naming the file and the line."""
+
+
+# C0 control characters other than tab, line feed and carriage return (which delimit), and DEL
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BOM = b"\xef\xbb\xbf"
+
+
+def _utf8(data: bytes, name: str) -> str:
+    """``data`` as text (a UTF-8 byte-order mark dropped), or :class:`MetadataError` naming the byte."""
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        at = skip + error.start
+        line = data[:at].count(b"\n") + 1
+        raise MetadataError(f"{name}: line {line}: not UTF-8 (byte {at} is 0x{data[at]:02x}); "
+                            "save the file as UTF-8") from None
+
+
+def _csv_body(text: str, name: str) -> tuple[str, str]:
+    """``(text with comment lines blanked, delimiter)``; control characters are refused by line.
+
+    Comment lines become empty lines rather than disappearing, so line numbers stay those of
+    the file. The delimiter is a tab when the first data line has a tab and no comma.
+    """
+    lines = text.split("\n")
+    delimiter = None
+    for number, line in enumerate(lines, start=1):
+        found = _CONTROL.search(line)
+        if found:
+            raise MetadataError(f"{name}: line {number}: control character U+{ord(found.group()):04X} "
+                                f"at column {found.start() + 1}")
+        if line.lstrip().startswith("#"):
+            lines[number - 1] = ""
+        elif delimiter is None and line.strip():
+            delimiter = "\t" if "\t" in line and "," not in line else ","
+    return "\n".join(lines), delimiter or ","
+
+
+def _check_row(row: list[str], first: int, last: int, delimiter: str, name: str) -> None:
+    """Refuse a row that spans lines, has the wrong number of fields or a tab inside a field."""
+    if last > first:
+        raise MetadataError(f"{name}: line {first}: a quoted field runs on to line {last} "
+                            "(an unterminated quote?)")
+    if len(row) < 2 or any(field.strip() for field in row[3:]):
+        shown = "tab" if delimiter == "\t" else repr(delimiter)
+        raise MetadataError(f"{name}: line {first}: {len(row)} field(s), expected path,label[,background] "
+                            f"separated by {shown}")
+    if delimiter != "\t" and any("\t" in field.strip() for field in row):
+        raise MetadataError(f"{name}: line {first}: control character U+0009 (tab) inside a field")
+
+
+def read_csv(path: str | Path, *, storage_options: dict | None = None
+             ) -> tuple[dict[str, tuple[str, tuple[str, ...]]], dict[str, str], list[str]]:
     """Parse ``path,label[,background]`` rows (optional header; background ids ``;``-separated).
+
+    Accepted: a ``path`` header row, ``#`` comment lines, blank lines, a tab instead of the
+    comma, a UTF-8 byte-order mark, quoted fields holding commas, trailing empty fields. Anything
+    else stops with :class:`MetadataError` before any row is used: a row with fewer than two or
+    more than three fields, a quoted field running over several lines (an unterminated quote
+    would otherwise swallow every later row), control characters, or bytes that are not UTF-8.
+    ``path`` may be an fsspec URL (read with ``storage_options``).
 
     Returns ``(labels, conflicts, notes)``: ``labels[relative_path] = (label, background)``;
     ``conflicts[relative_path]`` names paths listed twice with different labels.
     """
+    name = redact(str(path))
+    body, delimiter = _csv_body(_utf8(_read_bytes(path, storage_options), name), name)
     labels: dict[str, tuple[str, tuple[str, ...]]] = {}
     conflicts: dict[str, str] = {}
-    notes: list[str] = []
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        first = handle.readline()
-        handle.seek(0)
-        delimiter = "\t" if "\t" in first and "," not in first else ","  # a .tsv works too
-        for line_number, row in enumerate(csv.reader(handle, delimiter=delimiter), start=1):
-            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+    reader = csv.reader(io.StringIO(body, newline=""), delimiter=delimiter, strict=True)
+    first, header_allowed = 1, True
+    try:
+        for row in reader:
+            line, first = first, reader.line_num + 1
+            if not any(field.strip() for field in row):
                 continue
-            if line_number == 1 and row[0].strip().lower() == "path":
+            _check_row(row, line, reader.line_num, delimiter, name)
+            if header_allowed and row[0].strip().lower() == "path":
+                header_allowed = False
                 continue
+            header_allowed = False
             relative = Path(row[0].strip()).as_posix()  # pathlib drops "./" and doubled slashes
-            label = row[1].strip() if len(row) > 1 else ""
+            label = row[1].strip()
             background = tuple(b.strip() for b in row[2].split(";") if b.strip()) if len(row) > 2 else ()
             if relative in labels and labels[relative][0] != label:
-                conflicts[relative] = f"conflicting labels in {path.name}: {labels[relative][0]!r} and {label!r}"
+                conflicts[relative] = f"conflicting labels in {Path(name).name}: {labels[relative][0]!r} and {label!r}"
                 continue
             labels[relative] = (label, background)
-    return labels, conflicts, notes
+    except csv.Error as error:
+        raise MetadataError(f"{name}: line {first}: malformed quoting ({error})") from None
+    return labels, conflicts, []
 
 
 def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = None,

@@ -136,3 +136,60 @@ def test_a_broken_file_of_a_libsndfile_format_gets_no_ffmpeg_hint(tmp_path):
     with pytest.raises(DecodeError, match="^cannot decode audio: soundfile: .*; audioread: ") as error:
         decode(path, sample_rate=SR)
     assert "ffmpeg" not in str(error.value)
+
+
+# ---- label CSVs ---------------------------------------------------------------------------
+
+GOOD_ROWS = {"x/a.wav": ("wren", ("robin", "tit")), "x/b, the second.wav": ("robin", ()), "x/c.wav": ("", ())}
+
+
+@pytest.mark.parametrize("content", [
+    b"path,label,background\nx/a.wav,wren,robin;tit\n\"x/b, the second.wav\",robin\nx/c.wav,\n",
+    b"\xef\xbb\xbfpath\tlabel\tbackground\r\nx/a.wav\twren\trobin;tit\r\nx/b, the second.wav\trobin\r\nx/c.wav\t\r\n",
+    b"# made by hand\n\n  # indented comment, with, commas and a \"quote\n"
+    b"x/a.wav,wren,robin; tit,,\n\n./x/b, the second.wav,robin\n".replace(b"./x/b, the second.wav", b"\"./x/b, the second.wav\"")
+    + b"x/c.wav,,\n",
+], ids=["csv-header-quoted", "tsv-bom-crlf", "comments-blanks-trailing"])
+def test_label_csv_accepts_the_usual_layouts(tmp_path, content):
+    from featurize.labels import read_csv
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(content)
+    labels, conflicts, _ = read_csv(path)
+    assert labels == GOOD_ROWS and conflicts == {}
+
+
+@pytest.mark.parametrize("content,line,reason", [
+    (b"path,label\nx/a.wav,wren\nx/b.wav,robin,tit,extra\n", 3, "4 field(s), expected path,label[,background]"),
+    (b"x/a.wav;wren\n", 1, "1 field(s), expected path,label[,background] separated by ','"),
+    (b"path,label\nx/a.wav,\"wren\nx/b.wav,robin\nx/c.wav,tit\n", 2, "malformed quoting"),
+    (b"x/a.wav,\"wren\nx/b.wav,robin\"\nx/c.wav,tit\n", 1, "a quoted field runs on to line 2"),
+    (b"x/a.wav,wren\nx/b.wav,\"rob\"in\n", 2, "malformed quoting"),
+    (b"x/a.wav,wren\nx/b.wav,rob\x00in\n", 2, "control character U+0000 at column 12"),
+    (b"x/a.wav,wren\n\n\nx/\x1bb.wav,robin\n", 4, "control character U+001B"),
+    (b"x/a.wav,wr\ten\n", 1, "U+0009 (tab) inside a field"),
+    (b"path,label\nx/a.wav,wren\nx/b.wav,r\xf6tkehlchen\n", 3, "not UTF-8 (byte 33 is 0xf6)"),  # 11 + 13 + 9 bytes before it
+    (b"\xef\xbb\xbfx/a.wav,\xff\n", 1, "not UTF-8 (byte 11 is 0xff)"),
+], ids=["five-fields", "wrong-delimiter", "unterminated-quote", "field-over-lines", "stray-quote", "nul",
+        "escape", "tab-in-csv-field", "latin-1", "bom-then-bad-byte"])
+def test_a_malformed_label_csv_stops_with_its_file_and_line(tmp_path, content, line, reason):
+    from featurize.labels import MetadataError, read_csv
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(content)
+    with pytest.raises(MetadataError) as error:
+        read_csv(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: line {line}: ") and reason in message and "\n" not in message
+    assert isinstance(error.value, ValueError)  # the command line reports ValueErrors as one line
+
+
+def test_a_malformed_label_csv_stops_before_the_store_is_written(tmp_path, small_corpus):
+    from featurize.labels import MetadataError
+    from featurize.pipeline import featurize_store
+
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("low/low0.wav,low\nlow/low1.wav,\"low\nhigh/high0.wav,high\n")
+    with pytest.raises(MetadataError, match="line 2: "):
+        featurize_store(small_corpus, str(tmp_path / "s.zarr"), metadata=csv_path, labels="csv")
+    assert not (tmp_path / "s.zarr").exists()
