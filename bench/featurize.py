@@ -145,7 +145,8 @@ def librosa_core():
 
 def cold_run(audio: Path, store: Path, *, librosa: bool = False) -> float:
     """Wall seconds from starting a 2-worker local cluster to the last file stored (start-up included)."""
-    from featurize.pipeline import featurize_store, local_client
+    from featurize.cluster import local_client
+    from featurize.pipeline import featurize_store
 
     wall = time.perf_counter()
     client = local_client(2, dashboard_address=None)
@@ -189,7 +190,8 @@ def dask_run(audio: Path, store: Path, workers: int, *, dask_malloc: bool = Fals
     """
     from distributed import Client, LocalCluster
 
-    from featurize.pipeline import featurize_store, local_client, prepare_worker
+    from featurize.cluster import local_client, prepare_worker
+    from featurize.pipeline import featurize_store
 
     if dask_malloc:
         saved = dict(os.environ)  # dask's nannies leave their variables in this process's environment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +22,6 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
         raise click.UsageError(str(error), ctx) from None
 
 
-def _start_client(scheduler: str | None, workers: int | None, dashboard: bool) -> Any:
-    """A dask client on ``scheduler``, or on a new local cluster; prints where to watch it."""
-    if scheduler:
-        from distributed import Client
-
-        client = Client(scheduler)
-    else:
-        from featurize.pipeline import local_client
-
-        client = local_client(workers, dashboard_address=":0" if dashboard else None)
-    # without a dashboard the link still names the scheduler's plain HTTP port, so say so instead
-    where = f"dask dashboard: {client.dashboard_link}" if scheduler or dashboard else "dask: local cluster"
-    hint = "" if scheduler or dashboard else "; --dashboard to watch it"
-    click.echo(f"{where}  ({len(client.scheduler_info()['workers'])} workers){hint}")
-    return client
-
-
-def _stop_client(client: Any, *, own_cluster: bool) -> None:
-    """Close ``client``, and its cluster when this command started it (a ``--scheduler`` is left running)."""
-    cluster = client.cluster
-    client.close()
-    if cluster is not None and own_cluster:
-        cluster.close()
-
-
 @click.command("featurize")
 @click.argument("audio_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--store", default="stores/features.zarr", show_default=True,
@@ -56,6 +32,16 @@ def _stop_client(client: Any, *, own_cluster: bool) -> None:
               show_default=True, help="Where labels come from (auto: CSV, XML next to the audio, or none).")
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, default=None, help="Local cluster worker processes [default: CPU cores].")
+@click.option("--cluster", "cluster_kind", type=click.Choice(["local", "slurm", "pbs"]), default="local",
+              show_default=True, help="Where workers run: this machine, or batch jobs via dask-jobqueue.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch jobs to submit with --cluster slurm|pbs (each runs dask workers).")
+@click.option("--cluster-config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON or YAML of dask-jobqueue options (cores, memory, walltime, queue, account, ...).")
+@click.option("--worker-wait", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="With --cluster slurm|pbs: seconds to wait for the first worker before cancelling the jobs.")
+@click.option("--print-job-script", is_flag=True,
+              help="With --cluster slurm|pbs: print the job script and the submit command, submit nothing.")
 @click.option("--serial", is_flag=True, help="No dask: featurize in this process (debugging).")
 @click.option("--dashboard", is_flag=True,
               help="Serve the local cluster's dask dashboard and print its address (adds about 0.8 s of start-up).")
@@ -84,15 +70,57 @@ def _stop_client(client: Any, *, own_cluster: bool) -> None:
 @click.option("--storage-options", default=None, callback=_json_object,
               help="fsspec options as JSON, e.g. an S3 endpoint.")
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
-                      workers: int | None, serial: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
+                      workers: int | None, cluster_kind: str, jobs: int, cluster_config: str | None,
+                      worker_wait: float, print_job_script: bool, serial: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
                       min_duration: float, hop_lengths: tuple[int, int, int], time_resize: str,
                       frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int,
                       zstd_level: int, storage_options: dict | None, config_file: str | None,
                       empty_band_db: float) -> None:
     """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
+    import logging
+
+    from featurize import cluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    config = _config(config_file, min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
+                     frequency_resize=frequency_resize, clip_percentiles=clip_percentiles, empty_band_db=empty_band_db)
+    try:
+        options = cluster.read_cluster_config(cluster_config)
+        if print_job_script:
+            click.echo(_job_script(cluster_kind, jobs, options))
+            return
+        client = None if serial else cluster.start_client(
+            scheduler=scheduler, system=cluster_kind, jobs=jobs, cluster_options=options, workers=workers,
+            dashboard=dashboard, wait_seconds=worker_wait)
+    except cluster.ClusterError as error:
+        raise click.ClickException(str(error)) from None
+    if client is not None:
+        click.echo(cluster.describe(client[0], dashboard=dashboard or cluster_kind != "local" or bool(scheduler)))
+    _featurize(audio_dir, store, config, client, metadata=metadata, labels=labels, retry_failed=retry_failed,
+               new_audio_root=new_audio_root, storage_options=storage_options, time_chunk=time_chunk,
+               zstd_level=zstd_level)
+
+
+def _job_script(system: str, jobs: int, options: dict) -> str:
+    """The batch job script ``--cluster`` would submit ``jobs`` times, and the command that submits it."""
+    from featurize import cluster
+
+    if system == "local":
+        raise click.UsageError("--print-job-script needs --cluster slurm or --cluster pbs")
+    batch = cluster.batch_cluster(system, options)
+    try:
+        submit = f"{batch.job_cls.submit_command} <job script>   (x {jobs}: one per job)"
+        return f"{batch.job_script()}\n# submitted with: {submit}"
+    finally:
+        batch.close()
+
+
+def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tuple | None, **options: Any) -> None:
+    """Run the featurize library call with a progress display; Ctrl-C stops it with one line."""
     import gc
     import logging
 
+    from featurize import cluster
     from featurize.pipeline import featurize_store
     from featurize.store import StoreMismatch
     from shared.progress import Progress
@@ -100,29 +128,30 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("soundception").addHandler(handler)
-    logging.getLogger("distributed").setLevel(logging.WARNING)
-    config = _config(config_file, min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
-                     frequency_resize=frequency_resize, clip_percentiles=clip_percentiles, empty_band_db=empty_band_db)
-    client = None if serial else _start_client(scheduler, workers, dashboard)
     bar = Progress(None, desc="featurize", unit="file")  # a bar on a terminal, plain lines in a log
+    started = time.perf_counter()
 
-    def progress(finished: int, total: int) -> None:
-        if bar.total != total:
-            bar.set_total(total)
-        bar.update(finished)
+    def progress(summary: Any) -> None:
+        if bar.total != summary.submitted:
+            bar.set_total(summary.submitted)
+        bar.set_postfix(summary.progress_line(time.perf_counter() - started))
+        bar.update(summary.finished)
 
     gc.freeze()  # what is loaded now lives until exit: spare the collector walking it (0.2 s at exit)
+    dask_client, own_cluster = client if client is not None else (None, False)
     try:
-        summary = featurize_store(audio_dir, store, config=config, metadata=metadata, labels=labels,
-                                  client=client, retry_failed=retry_failed, new_audio_root=new_audio_root,
-                                  storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level,
-                                  progress=progress)
+        summary = featurize_store(audio_dir, store, config=config, client=dask_client, progress=progress, **options)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"interrupted: files finished so far are kept in {store}; rerun the same command to "
+                   "featurize the rest", err=True)
+        raise SystemExit(130) from None
     except (StoreMismatch, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     finally:
         bar.close()
-        if client is not None:
-            _stop_client(client, own_cluster=not scheduler)
+        if dask_client is not None:
+            cluster.close_client(dask_client, own_cluster=own_cluster)
     for line in summary.lines():
         click.echo(line)
 

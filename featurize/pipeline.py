@@ -16,11 +16,8 @@ The driver never imports the image code (scipy.fft): only workers (or ``client=N
 from __future__ import annotations
 
 import dataclasses
-import gc
-import importlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +37,6 @@ log = logging.getLogger("soundception.featurize")
 
 FLUSH_SECONDS = 2.0
 FLUSH_RESULTS = 64
-
-# what featurize_file imports on first use: the local cluster's workers import them as they start
-FEATURIZER_MODULES = ("featurize.image", "soundfile", "soxr")
 
 
 def featurize_file(source: str, index: int, store_url: str, config_dict: dict[str, Any], *,
@@ -78,18 +72,6 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
     if image.silent:
         warning = "; ".join(filter(None, [warning, "silent recording: constant spectrogram, image is all zeros"]))
     return {"status": schema.DONE, "duration": float(duration), "n_frames": int(image.width), "warning": warning}
-
-
-def prepare_worker() -> None:
-    """Import what :func:`featurize_file` needs, then exempt it all from the cyclic garbage collector.
-
-    Run as the first task of each local worker, so the imports overlap the driver's planning. The
-    modules live as long as the process, yet every full collection walks them again, the last one
-    at exit: ``gc.freeze()`` spares that (1.2 s -> 0.15 s for a worker to exit, on 2 busy cores).
-    """
-    for name in FEATURIZER_MODULES:
-        importlib.import_module(name)
-    gc.freeze()
 
 
 def estimate_width(path: str, config: FeaturizerConfig) -> int:
@@ -182,7 +164,19 @@ class RunSummary:
     seconds: float = 0.0
     audio_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    planned_failures: int = 0  # files failed while planning (missing audio, conflicting labels), never submitted
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        """Submitted files this run has finished so far, done or failed."""
+        return self.done + self.failed - self.planned_failures
+
+    def progress_line(self, elapsed: float) -> str:
+        """``done, failed, left`` and the audio hours featurized per second, for progress displays."""
+        rate = self.audio_seconds / 3600 / elapsed if elapsed > 0 else 0.0
+        return (f"{self.done} done, {self.failed} failed, {self.submitted - self.finished}"
+                f" left; {rate:.3f} h of audio/s")
 
     def add_failure(self, file_id: str, reason: str) -> None:
         self.failed += 1
@@ -197,45 +191,6 @@ class RunSummary:
         if self.failed:
             out.append(f"{self.failed} file(s) failed; list them with: soundception inspect {self.store} --failed")
         return out + self.notes
-
-
-# glibc settings for featurize workers: blocks up to 32 MB come from the heap and up to 256 MB of
-# freed heap is kept, so the per-chunk arrays are reused instead of mapped and faulted in anew
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 1 << 25, "MALLOC_TRIM_THRESHOLD_": 1 << 28}
-
-
-def local_client(n_workers: int | None = None, *, dashboard_address: str | None = None) -> Any:
-    """A dask ``Client`` on a new ``LocalCluster``: one single-threaded worker process per core.
-
-    dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` in workers, which makes glibc hand every
-    freed block of a few MB back to the kernel; the featurizer allocates such blocks for every
-    chunk, so workers would spend much of their time page-faulting. Our workers get
-    :data:`WORKER_MALLOC` instead, and no statistical profiler (it samples every thread's stack
-    every 10 ms); the dashboard still shows tasks. Both measured in bench/featurize.py.
-
-    No dashboard unless ``dashboard_address`` (``":0"``: any free port) is given: serving it
-    imports bokeh, which adds about 0.8 s to the start of every run. Each worker's first task is
-    :func:`prepare_worker`, which runs while the driver plans.
-    """
-    import dask
-    from distributed import Client, LocalCluster, fire_and_forget
-
-    settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_MALLOC.items()}
-    saved = dict(os.environ)  # nannies copy their pre-spawn variables into this process's environment
-    try:
-        # a value already in this environment (left by an earlier cluster, say) beats dask's config
-        os.environ.update({name: str(value) for name, value in WORKER_MALLOC.items()})
-        with dask.config.set({**settings, "distributed.worker.profile.enabled": False}):
-            cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
-                                   processes=True, dashboard_address=dashboard_address)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    client = Client(cluster)
-    for address in client.scheduler_info()["workers"]:
-        fire_and_forget(client.submit(prepare_worker, key=f"prepare-worker-{address}", workers=[address],
-                                      allow_other_workers=False, pure=False))
-    return client
 
 
 def prepare_store(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig, *,
@@ -277,10 +232,9 @@ class _Recorder:
     :data:`FLUSH_SECONDS` s), counts them in the summary and reports progress."""
 
     def __init__(self, group: zarr.Group, summary: RunSummary,
-                 progress: Callable[[int, int], Any] | None) -> None:
+                 progress: Callable[[RunSummary], Any] | None) -> None:
         self.group, self.summary, self.progress = group, summary, progress
         self.updates: dict[int, dict[str, Any]] = {}
-        self.finished = 0
         self.last_flush = time.monotonic()
 
     def record(self, job: Job, result: dict[str, Any]) -> None:
@@ -294,9 +248,8 @@ class _Recorder:
             self.summary.add_failure(job.file_id, result["error"])
             log.warning("failed: %s: %s", job.file_id, result["error"])
         self.updates[job.row] = fields
-        self.finished += 1
         if self.progress:
-            self.progress(self.finished, self.summary.submitted)
+            self.progress(self.summary)
         if len(self.updates) >= FLUSH_RESULTS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()
 
@@ -333,7 +286,7 @@ def _results(client: Any, jobs: Sequence[Job], store_url: str, config: Featurize
 
 def run_jobs(group: zarr.Group, jobs: Sequence[Job], store_url: str, config: FeaturizerConfig,
              summary: RunSummary, *, client: Any = None, storage_options: dict[str, Any] | None = None,
-             progress: Callable[[int, int], Any] | None = None) -> None:
+             progress: Callable[[RunSummary], Any] | None = None) -> None:
     """Featurize ``jobs`` into the store and record every result in it and in ``summary``.
 
     The time axis is first grown to the widest estimate. A file wider than that comes back as
@@ -365,15 +318,15 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
                     time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
                     new_audio_root: bool = False, only: Sequence[str] | None = None,
-                    progress: Callable[[int, int], Any] | None = None) -> RunSummary:
+                    progress: Callable[[RunSummary], Any] | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
     Files already ``done`` are skipped; ``failed`` ones are retried only with ``retry_failed``;
     ``pending`` ones (new, or interrupted) are (re)done. A store holds recordings of one audio
     folder (refused otherwise, unless ``new_audio_root`` says the same files moved); its class
     list only grows, so labels already stored keep their meaning. ``client`` is a dask ``Client`` or
-    None for the serial path. ``progress(finished, total)`` is called with the number of files
-    finished and the number submitted. ``only``: featurize just these file ids (paths relative to
+    None for the serial path. ``progress(summary)`` is called as each file finishes, with the
+    run's :class:`RunSummary` so far. ``only``: featurize just these file ids (paths relative to
     ``audio_root``); the others under the root are left out of the store.
     """
     config = config or FeaturizerConfig()
@@ -388,6 +341,7 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped, notes=list(labelling.notes))
     for row, file_id, reason in plan.failures:
         summary.add_failure(file_id, reason)
+    summary.planned_failures = len(plan.failures)
     store_io.write_fields(group, {row: {"status": schema.FAILED, "error": reason} for row, _, reason in plan.failures})
     run_jobs(group, longest_first(plan.jobs, config), store_url, config, summary, client=client,
              storage_options=storage_options, progress=progress)

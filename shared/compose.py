@@ -69,7 +69,8 @@ def featurize_inputs(root: Path, files: dict[str, Path], out: Path, featurizer_c
     import zarr
 
     from featurize import store as store_io
-    from featurize.pipeline import featurize_store, local_client
+    from featurize.cluster import local_client
+    from featurize.pipeline import featurize_store
     from shared import schema
 
     store = out / "stores" / (hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12] + ".zarr")

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from featurize.pipeline import WORKER_MALLOC, local_client
+from featurize.cluster import WORKER_MALLOC, local_client
 
 
 def worker_state() -> dict:

@@ -74,9 +74,9 @@ def test_dask_cluster_writes_the_same_images_as_the_serial_path(small_corpus, tm
 def test_interrupted_run_resumes_without_touching_done_files(small_corpus, tmp_path):
     url = tmp_path / "s.zarr"
 
-    def stop_after_two(finished, total):
-        assert total == 4
-        if finished == 2:
+    def stop_after_two(summary):
+        assert summary.submitted == 4
+        if summary.finished == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
