@@ -9,8 +9,13 @@ the fallback for anything libsndfile cannot open (m4a/aac, for one).
 from __future__ import annotations
 
 import math
+import os
 import re
-from pathlib import Path
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -287,18 +292,59 @@ def _cannot_decode(name: str, soundfile_error: Exception, audioread_error: Excep
     return f"cannot decode audio: soundfile: {one_line(soundfile_error)}; audioread: {one_line(audioread_error)}"
 
 
-def decode(path: str | Path, *, sample_rate: int) -> Decoded:
-    """Decode an audio file to mono float32 at ``sample_rate`` Hz.
+_COPY_BYTES = 1 << 22  # a URL source is copied to a local file in pieces this large
+
+
+@contextmanager
+def local_copy(url: str, storage_options: dict | None = None) -> Iterator[Path]:
+    """A local temporary copy of the object at ``url`` (fsspec), deleted on exit.
+
+    Copied in 4 MiB pieces: soundfile reads fsspec file objects too, but the WAV/AIFF/MP3/Ogg
+    header checks and audioread's decoders need a real file, and each of libsndfile's small seeks
+    and reads on a remote file object is a request. Messages name the URL without credentials.
+    """
+    import fsspec
+
+    name = redact(url)
+    suffix = PurePosixPath(url.split("?")[0]).suffix
+    handle, temporary = tempfile.mkstemp(prefix="soundception-", suffix=suffix)
+    try:
+        with os.fdopen(handle, "wb") as target:
+            try:
+                with fsspec.open(url, "rb", **(storage_options or {})) as source:
+                    shutil.copyfileobj(source, target, _COPY_BYTES)
+            except FileNotFoundError:
+                raise DecodeError(f"not a file: {name}") from None
+            except DecodeError:
+                raise
+            except Exception as error:
+                raise DecodeError(f"cannot read {name}: {type(error).__name__}: {redact(one_line(error))}") from None
+        yield Path(temporary)
+    finally:
+        os.unlink(temporary)
+
+
+def decode(source: str | Path, *, sample_rate: int, storage_options: dict | None = None) -> Decoded:
+    """Decode an audio file (a local path or an fsspec URL) to mono float32 at ``sample_rate`` Hz.
 
     Channels are averaged. A stream that breaks or ends before its header's length after some
     audio decoded cleanly (a truncated download, say) keeps that audio and says so in
     ``warning``. Raises :class:`DecodeError` with a one-line reason when neither soundfile nor
     audioread can read the file (for m4a/aac/wma without ffmpeg: the hint to install it), or it
-    holds no samples.
+    holds no samples. A URL (``s3://bucket/a.flac``) is read with ``storage_options`` through a
+    local temporary copy (see :func:`local_copy`).
     """
-    path = Path(path)
+    if is_url(str(source)):
+        with local_copy(str(source), storage_options) as path:
+            return _decode_file(path, sample_rate, PurePosixPath(str(source).split("?")[0]).name)
+    path = Path(source)
     if not path.is_file():
         raise DecodeError(f"not a file: {path}")
+    return _decode_file(path, sample_rate, path.name)
+
+
+def _decode_file(path: Path, sample_rate: int, name: str) -> Decoded:
+    """:func:`decode` of a local file; ``name`` is the source's name for messages."""
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
     try:
@@ -307,7 +353,7 @@ def decode(path: str | Path, *, sample_rate: int) -> Decoded:
         try:
             decoded = _decode_audioread(path, sample_rate)
         except Exception as second:
-            raise DecodeError(_cannot_decode(path.name, first, second)) from None
+            raise DecodeError(_cannot_decode(name, first, second)) from None
     if decoded.samples.size == 0:
         raise DecodeError("no audio samples (0 frames)")
     if not np.all(np.isfinite(decoded.samples)):

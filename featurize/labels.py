@@ -11,7 +11,7 @@ import io
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from featurize.audio import AUDIO_EXTENSIONS, is_url, redact
 
@@ -24,7 +24,7 @@ class Recording:
 
     Attributes:
         id: stable id, the path relative to the audio root with ``/`` separators.
-        path: absolute path on this machine.
+        path: absolute path on this machine, or the full URL for an fsspec audio root.
         label: class id, or ``""`` when unlabelled.
         background: background species (class ids or names), possibly empty.
         problem: a one-line reason this entry cannot be featurized (recorded as failed), else "".
@@ -45,17 +45,45 @@ class Labelling:
     notes: list[str]
 
 
-def discover_audio(root: str | Path) -> list[Path]:
-    """Audio files under ``root`` (recursively, by extension, hidden files skipped), sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"audio directory not found: {root}")
-    found = [
-        path for path in root.rglob("*")
-        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    ]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+def list_files(root: str | Path, *, storage_options: dict | None = None) -> dict[str, str]:
+    """Every file under ``root`` (a folder or an fsspec URL), hidden ones skipped.
+
+    Returns ``{relative path with "/": local path or full URL}``, sorted by relative path.
+    Raises ``FileNotFoundError`` (naming ``root`` without credentials) when it is no folder.
+    """
+    if is_url(str(root)):
+        import fsspec
+
+        url = str(root).rstrip("/")
+        try:
+            filesystem, base = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            base = base.rstrip("/")
+            found = filesystem.find(base) if filesystem.isdir(base) else None
+        except (FileNotFoundError, PermissionError, OSError):
+            found = None
+        if found is None:
+            raise FileNotFoundError(f"audio directory not found: {redact(url)}")
+        relatives = (path[len(base) + 1 :] for path in found if path.startswith(base + "/"))
+        files = {rel: f"{url}/{rel}" for rel in relatives}
+    else:
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"audio directory not found: {folder}")
+        files = {path.relative_to(folder).as_posix(): str(path) for path in folder.rglob("*") if path.is_file()}
+    visible = (rel for rel in files if not any(part.startswith(".") for part in rel.split("/")))
+    return {rel: files[rel] for rel in sorted(visible)}
+
+
+def _audio(files: dict[str, str]) -> dict[str, str]:
+    return {rel: where for rel, where in files.items() if PurePosixPath(rel).suffix.lower() in AUDIO_EXTENSIONS}
+
+
+def discover_audio(root: str | Path, *, storage_options: dict | None = None) -> list[Path] | list[str]:
+    """Audio files under ``root`` (recursively, by extension, hidden files skipped), sorted by
+    their path relative to ``root``: local ``Path`` s, or full URLs when ``root`` is an fsspec
+    URL (``s3://bucket/audio``, listed with ``storage_options``)."""
+    found = _audio(list_files(root, storage_options=storage_options))
+    return list(found.values()) if is_url(str(root)) else [Path(where) for where in found.values()]
 
 
 def _text(node: ElementTree.Element, tag: str) -> str:
@@ -63,7 +91,8 @@ def _text(node: ElementTree.Element, tag: str) -> str:
     return (child.text or "").strip() if child is not None and child.text else ""
 
 
-def read_birdclef_xml(paths: list[Path]) -> tuple[dict[str, dict[str, object]], dict[str, str], list[str]]:
+def read_birdclef_xml(paths: list[Path] | list[str], *, storage_options: dict | None = None
+                      ) -> tuple[dict[str, dict[str, object]], dict[str, str], list[str]]:
     """Parse BirdCLEF 2017 per-recording XML files (root ``<Audio>``).
 
     Returns ``({file_name: {"label", "name", "background"}}, conflicts, notes)``; the key is
@@ -74,16 +103,17 @@ def read_birdclef_xml(paths: list[Path]) -> tuple[dict[str, dict[str, object]], 
     conflicts: dict[str, str] = {}
     notes: list[str] = []
     for path in paths:
+        name = PurePosixPath(str(path)).name
         try:
-            root = ElementTree.parse(path).getroot()
+            root = ElementTree.parse(io.BytesIO(_read_bytes(path, storage_options))).getroot()
         except (ElementTree.ParseError, OSError) as error:
-            notes.append(f"skipped unreadable XML {path.name}: {error}")
+            notes.append(f"skipped unreadable XML {name}: {redact(str(error))}")
             continue
         if root.tag != "Audio":
             continue
         file_name, class_id = _text(root, "FileName"), _text(root, "ClassId")
         if not file_name:
-            notes.append(f"skipped XML {path.name}: no FileName")
+            notes.append(f"skipped XML {name}: no FileName")
             continue
         name = " ".join(part for part in (_text(root, "Genus"), _text(root, "Species")) if part)
         background = tuple(
@@ -203,42 +233,62 @@ def read_csv(path: str | Path, *, storage_options: dict | None = None
     return labels, conflicts, []
 
 
+def _metadata_is_file(metadata: str | Path, storage_options: dict | None) -> bool:
+    """True for a file, False for a folder; ``FileNotFoundError`` when it is neither."""
+    if is_url(str(metadata)):
+        import fsspec
+
+        filesystem, path = fsspec.core.url_to_fs(str(metadata), **(storage_options or {}))
+        if filesystem.isfile(path):
+            return True
+        if filesystem.isdir(path):
+            return False
+    elif Path(metadata).exists():
+        return Path(metadata).is_file()
+    raise FileNotFoundError(f"metadata not found: {redact(str(metadata))}")
+
+
 def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = None,
-                     source: str = "auto") -> Labelling:
+                     source: str = "auto", storage_options: dict | None = None) -> Labelling:
     """List the recordings under ``audio_root`` with labels from ``source``.
 
     ``source``: ``xml`` (BirdCLEF XML files in ``metadata`` or, by default, under the audio
     root), ``csv`` (the ``metadata`` file, comma- or tab-separated), ``folders`` (first folder
     below the root is the class), ``none``, or ``auto`` (csv if ``metadata`` is a file other than
-    .xml; xml if ``metadata`` is a folder or .xml file, or XML files sit under the root; else none). Unlabelled files get label ``""``;
-    metadata rows whose audio is missing become failed entries.
+    .xml; xml if ``metadata`` is a folder or .xml file, or XML files sit under the root; else none).
+    Unlabelled files get label ``""``; metadata rows whose audio is missing become failed entries.
+    ``audio_root`` and ``metadata`` may be fsspec URLs (``s3://bucket/audio``), read with
+    ``storage_options``; a recording's ``path`` is then its full URL.
     """
     if source not in LABEL_SOURCES:
         raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
-    root = Path(audio_root).resolve()
-    files = discover_audio(root)
-    metadata_path = Path(metadata) if metadata else None
-    if metadata_path is not None and not metadata_path.exists():
-        raise FileNotFoundError(f"metadata not found: {metadata_path}")
+    remote = is_url(str(audio_root))
+    root = str(audio_root).rstrip("/") if remote else str(Path(audio_root).resolve())
+    every_file = list_files(root, storage_options=storage_options)
+    metadata_is_file = _metadata_is_file(metadata, storage_options) if metadata else None
+    metadata_name = PurePosixPath(redact(str(metadata))).name if metadata else ""
     if source == "auto":
-        if metadata_path is not None and metadata_path.is_file() and metadata_path.suffix.lower() != ".xml":
+        if metadata_is_file and not metadata_name.lower().endswith(".xml"):
             source = "csv"
-        elif metadata_path is not None or any(root.rglob("*.xml")):
+        elif metadata or any(rel.lower().endswith(".xml") for rel in every_file):
             source = "xml"
         else:
             source = "none"
-    if source == "csv" and metadata_path is None:
+    if source == "csv" and not metadata:
         raise ValueError("--labels csv needs --metadata FILE.csv")
 
-    relative = {path.relative_to(root).as_posix(): path for path in files}
+    relative = _audio(every_file)
     labels: dict[str, tuple[str, tuple[str, ...]]] = {}
     problems: dict[str, str] = {}
     names: dict[str, str] = {}
     notes: list[str] = []
     if source == "xml":
-        xml_root = metadata_path if metadata_path is not None else root
-        xml_files = [xml_root] if xml_root.is_file() else sorted(xml_root.rglob("*.xml"))
-        parsed, conflicts, notes = read_birdclef_xml(xml_files)
+        if metadata_is_file:
+            xml_files = [str(metadata)]
+        else:
+            listed = list_files(metadata, storage_options=storage_options) if metadata else every_file
+            xml_files = [where for rel, where in listed.items() if rel.lower().endswith(".xml")]
+        parsed, conflicts, notes = read_birdclef_xml(xml_files, storage_options=storage_options)
         by_name: dict[str, list[str]] = {}
         for rel in relative:
             by_name.setdefault(Path(rel).name, []).append(rel)
@@ -254,11 +304,11 @@ def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = No
             if entry["label"]:
                 names[str(entry["label"])] = str(entry["name"])
     elif source == "csv":
-        labels, conflicts, notes = read_csv(metadata_path)  # type: ignore[arg-type]
+        labels, conflicts, notes = read_csv(metadata, storage_options=storage_options)  # type: ignore[arg-type]
         problems.update(conflicts)
         for rel in list(labels):
             if rel not in relative:
-                problems[rel] = f"listed in {metadata_path.name} but not found under the audio directory"
+                problems[rel] = f"listed in {metadata_name} but not found under the audio directory"
                 del labels[rel]
     elif source == "folders":
         for rel in relative:
@@ -268,11 +318,12 @@ def label_recordings(audio_root: str | Path, *, metadata: str | Path | None = No
     recordings = []
     for rel, path in relative.items():
         label, background = labels.get(rel, ("", ()))
-        recordings.append(Recording(id=rel, path=str(path), label="" if rel in problems else label,
+        recordings.append(Recording(id=rel, path=path, label="" if rel in problems else label,
                                     background=background, problem=problems.get(rel, "")))
     for rel, problem in problems.items():
         if rel not in relative:
-            recordings.append(Recording(id=rel, path=str(root / rel), problem=problem))
+            recordings.append(Recording(id=rel, path=f"{root}/{rel}" if remote else str(Path(root) / rel),
+                                        problem=problem))
     classes = sorted({r.label for r in recordings if r.label})
     unlabelled = sum(1 for r in recordings if not r.label and not r.problem)
     if unlabelled and source != "none":

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,82 @@ def test_a_malformed_label_csv_stops_before_the_store_is_written(tmp_path, small
     with pytest.raises(MetadataError, match="line 2: "):
         featurize_store(small_corpus, str(tmp_path / "s.zarr"), metadata=csv_path, labels="csv")
     assert not (tmp_path / "s.zarr").exists()
+
+
+# ---- audio on object storage (moto S3 on loopback) ----------------------------------------
+
+from test_object_storage import s3_endpoint  # noqa: E402,F401  (the module's moto server fixture)
+
+SECRET = {"key": "AKIA-NOT-IN-MESSAGES", "secret": "s3cr3t-not-in-messages"}  # moto takes any pair
+
+
+def test_audio_from_s3_lists_and_decodes_like_the_local_copy(tmp_path, s3_endpoint, monkeypatch):  # noqa: F811
+    import s3fs
+
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(copies))  # where decode's temporary copies go
+
+    from featurize.labels import discover_audio, label_recordings
+
+    local = tmp_path / "audio"
+    write(local / "low" / "a.wav", tone(1000.0, 1.5) + noise(1.5, seed=1), subtype="PCM_16")
+    write(local / "low" / "deeper" / "b.flac", tone(700.0, 2.0) + noise(2.0, seed=2))
+    write(local / "high" / "c.flac", tone(5000.0, 1.0, sample_rate=44100), 44100)
+    write(local / ".hidden" / "d.wav", tone(300.0, 1.0))
+    (local / "high" / "notes.txt").write_text("not audio")
+    (tmp_path / "labels.csv").write_text("path,label\nlow/a.wav,low\nhigh/c.flac,high\ngone.wav,low\n")
+    options = {**s3_endpoint, **SECRET}
+    filesystem = s3fs.S3FileSystem(**options)
+    filesystem.mkdir("recordings")
+    filesystem.put(str(local) + "/", "recordings/field/audio", recursive=True)
+    filesystem.put(str(tmp_path / "labels.csv"), "recordings/field/labels.csv")
+    url = "s3://recordings/field/audio"
+    assert filesystem.exists("recordings/field/audio/.hidden/d.wav")  # uploaded, and must be skipped
+
+    local_ids = [p.relative_to(local).as_posix() for p in discover_audio(local)]
+    assert local_ids == ["high/c.flac", "low/a.wav", "low/deeper/b.flac"]
+    assert discover_audio(url + "/", storage_options=options) == [f"{url}/{i}" for i in local_ids]
+
+    remote = label_recordings(url, source="folders", storage_options=options)
+    here = label_recordings(local, source="folders")
+    assert [(r.id, r.label) for r in remote.recordings] == [(r.id, r.label) for r in here.recordings]
+    assert [r.path for r in remote.recordings] == [f"{url}/{i}" for i in local_ids]
+    from_csv = label_recordings(url, metadata="s3://recordings/field/labels.csv", storage_options=options)
+    assert {r.id: (r.label, bool(r.problem)) for r in from_csv.recordings} == {
+        "high/c.flac": ("high", False), "low/a.wav": ("low", False), "low/deeper/b.flac": ("", False),
+        "gone.wav": ("", True)}
+
+    for file_id in local_ids:
+        mine = decode(f"{url}/{file_id}", sample_rate=SR, storage_options=options)
+        theirs = decode(local / file_id, sample_rate=SR)
+        np.testing.assert_array_equal(mine.samples, theirs.samples)
+        assert mine.duration == theirs.duration and mine.warning == theirs.warning == ""
+    assert not list(copies.iterdir())  # every temporary copy deleted
+
+
+def test_s3_errors_are_one_line_and_carry_no_credentials(tmp_path, s3_endpoint):  # noqa: F811
+    import s3fs
+
+    from featurize.audio import DecodeError
+    from featurize.labels import discover_audio
+
+    options = {**s3_endpoint, **SECRET}
+    s3fs.S3FileSystem(**options).mkdir("empty-bucket")
+    with pytest.raises(DecodeError) as missing:
+        decode("s3://empty-bucket/nope.wav", sample_rate=SR, storage_options=options)
+    with pytest.raises(FileNotFoundError) as no_folder:
+        discover_audio("s3://empty-bucket/audio", storage_options=options)
+    wrong_key = {**options, "secret": "another-s3cr3t-value"}  # moto accepts it: a refused listing instead
+    with pytest.raises(DecodeError) as no_bucket:
+        decode("s3://no-such-bucket/a.wav", sample_rate=SR, storage_options=wrong_key)
+    unreachable = {**options, "endpoint_url": "http://127.0.0.1:9",  # the discard port: nothing listens
+                   "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    with pytest.raises(DecodeError) as no_server:
+        decode("s3://empty-bucket/a.wav", sample_rate=SR, storage_options=unreachable)
+    assert str(no_server.value).startswith("cannot read s3://empty-bucket/a.wav: EndpointConnectionError: ")
+    assert str(missing.value) == "not a file: s3://empty-bucket/nope.wav"
+    assert str(no_folder.value) == "audio directory not found: s3://empty-bucket/audio"
+    for error in (missing, no_folder, no_bucket, no_server):
+        text = str(error.value)
+        assert "\n" not in text and "s3cr3t" not in text and "AKIA" not in text
