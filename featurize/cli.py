@@ -121,6 +121,7 @@ def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tup
     import logging
 
     from featurize import cluster
+    from featurize.lock import StoreLocked
     from featurize.pipeline import featurize_store
     from featurize.store import StoreMismatch
     from shared.progress import Progress
@@ -146,7 +147,7 @@ def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tup
         click.echo(f"interrupted: files finished so far are kept in {store}; rerun the same command to "
                    "featurize the rest", err=True)
         raise SystemExit(130) from None
-    except (StoreMismatch, FileNotFoundError, ValueError) as error:
+    except (StoreMismatch, StoreLocked, FileNotFoundError, PermissionError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     finally:
         bar.close()

@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zarr
 
 from featurize import store as store_io
 from featurize.audio import DecodeError, decode, self_concatenate
 from featurize.labels import Labelling, Recording, label_recordings
+from featurize.lock import StoreLock
+from featurize.lock import describe as describe_holder
 from shared import schema
 from shared.config import FeaturizerConfig
 from shared.text import one_line
@@ -232,8 +235,8 @@ class _Recorder:
     :data:`FLUSH_SECONDS` s), counts them in the summary and reports progress."""
 
     def __init__(self, group: zarr.Group, summary: RunSummary,
-                 progress: Callable[[RunSummary], Any] | None) -> None:
-        self.group, self.summary, self.progress = group, summary, progress
+                 progress: Callable[[RunSummary], Any] | None, check: Callable[[], None] | None = None) -> None:
+        self.group, self.summary, self.progress, self.check = group, summary, progress, check
         self.updates: dict[int, dict[str, Any]] = {}
         self.last_flush = time.monotonic()
 
@@ -254,6 +257,8 @@ class _Recorder:
             self.flush()
 
     def flush(self) -> None:
+        if self.check is not None and self.updates:
+            self.check()
         store_io.write_fields(self.group, self.updates)
         self.updates.clear()
         self.last_flush = time.monotonic()
@@ -286,15 +291,17 @@ def _results(client: Any, jobs: Sequence[Job], store_url: str, config: Featurize
 
 def run_jobs(group: zarr.Group, jobs: Sequence[Job], store_url: str, config: FeaturizerConfig,
              summary: RunSummary, *, client: Any = None, storage_options: dict[str, Any] | None = None,
-             progress: Callable[[RunSummary], Any] | None = None) -> None:
+             progress: Callable[[RunSummary], Any] | None = None,
+             check: Callable[[], None] | None = None) -> None:
     """Featurize ``jobs`` into the store and record every result in it and in ``summary``.
 
     The time axis is first grown to the widest estimate. A file wider than that comes back as
     ``resize``; once every other task has finished (nothing writes while the array grows), the
-    axis grows and those files are redone.
+    axis grows and those files are redone. ``check()`` runs before each write of per-file fields
+    (the store lock's: it raises when the run lost its lock).
     """
     store_io.ensure_width(group, max((job.width for job in jobs), default=0), config)
-    recorder = _Recorder(group, summary, progress)
+    recorder = _Recorder(group, summary, progress, check)
     try:
         while jobs:
             too_wide: list[Job] = []
@@ -311,6 +318,21 @@ def run_jobs(group: zarr.Group, jobs: Sequence[Job], store_url: str, config: Fea
             jobs = too_wide
     finally:
         recorder.flush()
+
+
+def reopen_incomplete(group: zarr.Group) -> list[str]:
+    """Mark ``pending`` every file marked done without a width or duration; returns a note if any.
+
+    Such rows are what lost field writes leave behind (a done mark whose ``n_frames`` never
+    arrived): their images cannot be read back, so they are featurized again.
+    """
+    status = schema.as_strings(group["status"][...])
+    broken = np.flatnonzero((status == schema.DONE) & ((group["n_frames"][...] <= 0)
+                                                       | ~np.isfinite(group["duration"][...])))
+    if not broken.size:
+        return []
+    store_io.write_fields(group, {int(row): {"status": schema.PENDING, "error": ""} for row in broken})
+    return [f"{broken.size} file(s) were marked done without a width or duration; featurized again"]
 
 
 def featurize_store(audio_root: str | Path, store_url: str, *, config: FeaturizerConfig | None = None,
@@ -335,15 +357,31 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     if only is not None:
         wanted = set(only)
         labelling = dataclasses.replace(labelling, recordings=[r for r in labelling.recordings if r.id in wanted])
+    store_io.check_location(store_url, storage_options)
+    with StoreLock(store_url, storage_options) as lock:
+        if lock.took_over:
+            log.warning("took over %s's lock from a run that ended without releasing it (%s)", store_url,
+                        describe_holder(lock.took_over))
+        return _featurize_locked(labelling, audio_root, store_url, config, lock, started, client=client,
+                                 retry_failed=retry_failed, storage_options=storage_options, time_chunk=time_chunk,
+                                 zstd_level=zstd_level, new_audio_root=new_audio_root, progress=progress)
+
+
+def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig,
+                      lock: StoreLock, started: float, *, client: Any, retry_failed: bool,
+                      storage_options: dict[str, Any] | None, time_chunk: int, zstd_level: int,
+                      new_audio_root: bool, progress: Callable[[RunSummary], Any] | None) -> RunSummary:
+    """:func:`featurize_store` once the run holds the store's lock."""
     group, rows = prepare_store(labelling, audio_root, store_url, config, new_audio_root=new_audio_root,
                                 storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level)
+    notes = list(labelling.notes) + reopen_incomplete(group)
     plan = plan_jobs(labelling.recordings, rows, schema.as_strings(group["status"][...]), retry_failed=retry_failed)
-    summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped, notes=list(labelling.notes))
+    summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped, notes=notes)
     for row, file_id, reason in plan.failures:
         summary.add_failure(file_id, reason)
     summary.planned_failures = len(plan.failures)
     store_io.write_fields(group, {row: {"status": schema.FAILED, "error": reason} for row, _, reason in plan.failures})
     run_jobs(group, longest_first(plan.jobs, config), store_url, config, summary, client=client,
-             storage_options=storage_options, progress=progress)
+             storage_options=storage_options, progress=progress, check=lock.check)
     summary.seconds = time.perf_counter() - started
     return summary

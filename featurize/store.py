@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from featurize.lock import fields_lock
 from shared import schema
 from shared.config import FeaturizerConfig, config_differences, config_hash
 from shared.reader import open_options
@@ -170,6 +171,27 @@ def _create_arrays(group: zarr.Group, config: FeaturizerConfig, *, time_chunk: i
             {"units": "s", "long_name": "time of the column centre from the start of the recording"})
 
 
+def check_location(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse, before anything is written, a ``--store`` that is a file or a folder of something else.
+
+    Raises :class:`StoreMismatch` (one line). A missing or empty place, or a Zarr group, passes.
+    """
+    if "://" not in url and Path(url).is_file():
+        raise StoreMismatch(f"{url} is a file, not a store folder; choose another --store (nothing was touched)")
+    if _is_empty_location(url, storage_options):
+        return
+    if "://" not in url:
+        is_group = (Path(url) / "zarr.json").is_file()
+    else:
+        import fsspec
+
+        filesystem, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        is_group = filesystem.exists(f"{path.rstrip('/')}/zarr.json")
+    if not is_group:
+        raise StoreMismatch(f"{url} exists, is not empty and is not a Zarr store; choose another --store "
+                            "(nothing there was touched)")
+
+
 def _is_empty_location(url: str, storage_options: dict[str, Any] | None) -> bool:
     """True when nothing exists at ``url`` (or it is an empty folder / prefix)."""
     if "://" not in url:
@@ -281,13 +303,15 @@ def write_fields(group: zarr.Group, updates: dict[int, dict[str, Any]]) -> None:
             by_field.setdefault(name, ([], []))
             by_field[name][0].append(index)
             by_field[name][1].append(value)
-    # status last: a file is "done" only once its other fields are on disk
-    for name in sorted(by_field, key=lambda n: n == "status"):
-        indices, values = by_field[name]
-        array = group[name]
-        dtype = object if schema.PER_FILE[name][1] == "str" else schema.PER_FILE[name][1]
-        order = np.argsort(indices)
-        array.vindex[np.asarray(indices)[order]] = np.asarray(values, dtype=dtype)[order]
+    # each write rewrites whole chunks of 4,096 files: one process at a time (see featurize.lock)
+    with fields_lock(group):
+        # status last: a file is "done" only once its other fields are on disk
+        for name in sorted(by_field, key=lambda n: n == "status"):
+            indices, values = by_field[name]
+            array = group[name]
+            dtype = object if schema.PER_FILE[name][1] == "str" else schema.PER_FILE[name][1]
+            order = np.argsort(indices)
+            array.vindex[np.asarray(indices)[order]] = np.asarray(values, dtype=dtype)[order]
 
 
 def write_image(url: str, index: int, width: int,

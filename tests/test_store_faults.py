@@ -1,0 +1,159 @@
+"""Faults a long cluster run meets, injected for real; after each, every file's image and per-file
+fields are compared with a clean run of the same audio."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from featurize import store as store_io
+from featurize.lock import StoreLock, StoreLocked
+from featurize.pipeline import featurize_store
+from shared import FeatureStore, FeaturizerConfig
+
+from test_cluster import same_store
+
+SMALL = FeaturizerConfig(min_duration=4.0)
+
+
+@pytest.fixture
+def clean_store(small_corpus, tmp_path):
+    """The store a run with no fault makes, to compare against."""
+    url = str(tmp_path / "clean.zarr")
+    featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=256)
+    return url
+
+
+def hold_lock(url: str) -> subprocess.Popen:
+    """Another process holding the store's lock, as a featurize run does, until killed."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from featurize.lock import StoreLock
+        with StoreLock({url!r}):
+            print("held", flush=True)
+            time.sleep(300)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parents[1])
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(
+        small_corpus, tmp_path, clean_store, caplog):
+    url = str(tmp_path / "s.zarr")
+    holder = hold_lock(url)
+    try:
+        with pytest.raises(StoreLocked) as refused:
+            featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=256)
+        message = str(refused.value)
+        assert f"host {socket.gethostname()}, pid {holder.pid}, started 20" in message
+        assert "\n" not in message
+        assert not Path(url).exists()  # the refused run wrote nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies holding it: the lock file stays behind
+        holder.wait()
+    assert Path(url + ".lock").exists()
+    with caplog.at_level(logging.WARNING, logger="soundception.featurize"):
+        featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=256)
+    assert f"pid {holder.pid}" in caplog.text and "took over" in caplog.text
+    assert not Path(url + ".lock").exists()  # released at the end of the run
+    same_store(url, clean_store)
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import zarr
+    from featurize import store as store_io
+    url, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    group = zarr.open_group(url, mode="r+", use_consolidated=False)
+    for row in range(first, first + 2 * count, 2):  # this writer's rows interleave with the other's
+        store_io.write_fields(group, {row: {"n_frames": row + 1, "duration": row / 2, "status": "done"}})
+""")
+
+
+def test_two_writers_racing_on_per_file_fields_lose_nothing(tmp_path):
+    url = str(tmp_path / "race.zarr")
+    group = store_io.open_for_writing(url, SMALL)
+    store_io.register_files(group, [{"id": f"f{i:03d}.wav", "path": f"f{i:03d}.wav", "label": -1, "background": ""}
+                                    for i in range(400)])
+    root = Path(__file__).parents[1]
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, str(first), "200"], cwd=root)
+               for first in (0, 1)]
+    assert [writer.wait(timeout=300) for writer in writers] == [0, 0]
+    table = FeatureStore(url).table
+    assert (table["status"] == "done").sum() == 400
+    assert np.array_equal(table["n_frames"], np.arange(400) + 1)
+    assert np.array_equal(table["duration"], np.arange(400) / 2)
+
+
+def test_a_rerun_redoes_files_marked_done_without_their_width(small_corpus, tmp_path, clean_store):
+    url = str(tmp_path / "s.zarr")
+    featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=256)
+    group = zarr.open_group(url, mode="r+", use_consolidated=False)
+    group["n_frames"][1] = 0  # what a lost field write left: done, width 0
+    group["duration"][2] = np.nan
+    summary = featurize_store(small_corpus, url, config=SMALL, labels="folders")
+    assert (summary.submitted, summary.done) == (2, 2)
+    assert any("2 file(s) were marked done without a width or duration" in note for note in summary.notes)
+    same_store(url, clean_store)
+
+
+def test_a_store_that_is_a_file_or_read_only_is_one_line(small_corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from shared.cli import main
+
+    a_file = tmp_path / "store.zarr"
+    a_file.write_text("not a store")
+    result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", str(a_file), "--serial"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "is a file, not a store folder" in result.output and a_file.read_text() == "not a store"
+
+    if os.geteuid() == 0:  # root writes anywhere: a folder under a regular file is unwritable for everyone
+        place = a_file / "sub" / "s.zarr"
+    else:
+        locked = tmp_path / "read-only"
+        locked.mkdir()
+        locked.chmod(0o555)
+        place = locked / "s.zarr"
+    result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", str(place), "--serial"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output
+
+
+def test_object_store_lock_refuses_a_live_holder_and_takes_over_a_stale_one(s3_endpoint, small_corpus):
+    import s3fs
+
+    filesystem = s3fs.S3FileSystem(**s3_endpoint)
+    filesystem.mkdir("locks")
+    url = "s3://locks/s.zarr"
+    live = StoreLock(url, s3_endpoint, heartbeat_seconds=0.2).acquire()
+    try:
+        with pytest.raises(StoreLocked, match=f"pid {os.getpid()}, started 20"):
+            featurize_store(small_corpus, url, config=SMALL, labels="folders", storage_options=s3_endpoint)
+        time.sleep(0.6)  # heartbeats keep it fresh
+        with pytest.raises(StoreLocked):
+            StoreLock(url, s3_endpoint, stale_seconds=0.5).acquire()
+    finally:
+        live._stop.set()  # the holder vanishes without releasing (its heartbeat stops)
+        live._thread.join()
+    time.sleep(0.6)
+    taker = StoreLock(url, s3_endpoint, stale_seconds=0.5).acquire()
+    assert taker.took_over["pid"] == os.getpid()
+    taker.release()
+    assert not filesystem.exists("locks/s.zarr.lock")
+
+
+from test_object_storage import s3_endpoint  # noqa: E402,F401  (the moto server fixture)
