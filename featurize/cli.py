@@ -46,6 +46,8 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
 @click.option("--dashboard", is_flag=True,
               help="Serve the local cluster's dask dashboard and print its address (adds about 0.8 s of start-up).")
 @click.option("--retry-failed", is_flag=True, help="Featurize files that failed in an earlier run again.")
+@click.option("--redo-corrupt", is_flag=True,
+              help="Verify every done file first (as inspect --verify) and featurize the bad ones again.")
 @click.option("--new-audio-root", is_flag=True, help="The store's recordings moved to AUDIO_DIR: accept the new path.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A featurizer config JSON (e.g. a run's featurizer_config.json): reproduces that store's images. "
@@ -71,7 +73,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
               help="fsspec options as JSON, e.g. an S3 endpoint.")
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
                       workers: int | None, cluster_kind: str, jobs: int, cluster_config: str | None,
-                      worker_wait: float, print_job_script: bool, serial: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
+                      worker_wait: float, print_job_script: bool, serial: bool, redo_corrupt: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
                       min_duration: float, hop_lengths: tuple[int, int, int], time_resize: str,
                       frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int,
                       zstd_level: int, storage_options: dict | None, config_file: str | None,
@@ -98,7 +100,7 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
         click.echo(cluster.describe(client[0], dashboard=dashboard or cluster_kind != "local" or bool(scheduler)))
     _featurize(audio_dir, store, config, client, metadata=metadata, labels=labels, retry_failed=retry_failed,
                new_audio_root=new_audio_root, storage_options=storage_options, time_chunk=time_chunk,
-               zstd_level=zstd_level)
+               zstd_level=zstd_level, redo_corrupt=redo_corrupt)
 
 
 def _job_script(system: str, jobs: int, options: dict) -> str:
@@ -181,9 +183,13 @@ def _config(config_file: str | None, **options: Any) -> FeaturizerConfig:
 @click.option("--failed", is_flag=True, help="List failed files with their reasons.")
 @click.option("--png", nargs=2, metavar="FILE_ID OUT.png", default=None,
               help="Render FILE_ID's image and its channels to OUT.png.")
+@click.option("--verify", is_flag=True,
+              help="Read every image object of every done file, check checksums and widths, name bad files "
+                   "(exit status 1 if any).")
 @click.option("--storage-options", default=None, callback=_json_object, help="fsspec options as JSON.")
-def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, storage_options: dict | None) -> None:
-    """Summarize a feature store, list its failures or draw one file's image."""
+def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, verify: bool,
+                    storage_options: dict | None) -> None:
+    """Summarize a feature store, list its failures, verify it or draw one file's image."""
     from featurize.report import failure_lines, render_png, summary_lines
     from shared.reader import FeatureStore, StoreError
 
@@ -191,7 +197,16 @@ def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, stora
         opened = FeatureStore(store, storage_options)
     except StoreError as error:
         raise click.ClickException(str(error)) from None
-    if failed:
+    if verify:
+        from featurize.verify import report_lines, verify_store
+        from shared.progress import Progress
+
+        with Progress(len(opened.done_indices()), desc="verify", unit="file") as bar:
+            report = verify_store(store, storage_options, progress=lambda checked, total: bar.update(checked))
+        click.echo("\n".join(report_lines(report, store)))
+        if report.problems:
+            raise SystemExit(1)
+    elif failed:
         lines = failure_lines(opened)
         click.echo("\n".join(lines) if lines else "no failed files")
     elif png:

@@ -32,6 +32,7 @@ from featurize.audio import DecodeError, decode, self_concatenate
 from featurize.labels import Labelling, Recording, label_recordings
 from featurize.lock import StoreLock
 from featurize.lock import describe as describe_holder
+from featurize.verify import clear_images, verify_store
 from shared import schema
 from shared.config import FeaturizerConfig
 from shared.text import one_line
@@ -331,15 +332,28 @@ def reopen_incomplete(group: zarr.Group) -> list[str]:
                                                        | ~np.isfinite(group["duration"][...])))
     if not broken.size:
         return []
+    clear_images(group, broken)
     store_io.write_fields(group, {int(row): {"status": schema.PENDING, "error": ""} for row in broken})
     return [f"{broken.size} file(s) were marked done without a width or duration; featurized again"]
+
+
+def reopen_corrupt(group: zarr.Group, store_url: str, storage_options: dict[str, Any] | None) -> list[str]:
+    """Verify the store (:func:`featurize.verify.verify_store`) and mark every bad file ``pending``,
+    its image objects deleted, so this run featurizes exactly those again; returns notes."""
+    report = verify_store(store_url, storage_options)
+    rows = [problem.row for problem in report.problems]
+    clear_images(group, rows)
+    store_io.write_fields(group, {row: {"status": schema.PENDING, "error": ""} for row in rows})
+    notes = [f"verify: {report.files} done file(s) checked, {len(rows)} bad, featurized again"]
+    notes += [f"  {problem.file_id}: {problem.reason}" for problem in report.problems]
+    return notes
 
 
 def featurize_store(audio_root: str | Path, store_url: str, *, config: FeaturizerConfig | None = None,
                     metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
                     time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
-                    new_audio_root: bool = False, only: Sequence[str] | None = None,
+                    new_audio_root: bool = False, only: Sequence[str] | None = None, redo_corrupt: bool = False,
                     progress: Callable[[RunSummary], Any] | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
@@ -349,7 +363,8 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     list only grows, so labels already stored keep their meaning. ``client`` is a dask ``Client`` or
     None for the serial path. ``progress(summary)`` is called as each file finishes, with the
     run's :class:`RunSummary` so far. ``only``: featurize just these file ids (paths relative to
-    ``audio_root``); the others under the root are left out of the store.
+    ``audio_root``); the others under the root are left out of the store. ``redo_corrupt``: verify
+    every done file first (:mod:`featurize.verify`) and featurize the bad ones again.
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
@@ -364,17 +379,21 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                         describe_holder(lock.took_over))
         return _featurize_locked(labelling, audio_root, store_url, config, lock, started, client=client,
                                  retry_failed=retry_failed, storage_options=storage_options, time_chunk=time_chunk,
-                                 zstd_level=zstd_level, new_audio_root=new_audio_root, progress=progress)
+                                 zstd_level=zstd_level, new_audio_root=new_audio_root, redo_corrupt=redo_corrupt,
+                                 progress=progress)
 
 
 def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig,
                       lock: StoreLock, started: float, *, client: Any, retry_failed: bool,
                       storage_options: dict[str, Any] | None, time_chunk: int, zstd_level: int,
-                      new_audio_root: bool, progress: Callable[[RunSummary], Any] | None) -> RunSummary:
+                      new_audio_root: bool, redo_corrupt: bool,
+                      progress: Callable[[RunSummary], Any] | None) -> RunSummary:
     """:func:`featurize_store` once the run holds the store's lock."""
     group, rows = prepare_store(labelling, audio_root, store_url, config, new_audio_root=new_audio_root,
                                 storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level)
     notes = list(labelling.notes) + reopen_incomplete(group)
+    if redo_corrupt:
+        notes += reopen_corrupt(group, store_url, storage_options)
     plan = plan_jobs(labelling.recordings, rows, schema.as_strings(group["status"][...]), retry_failed=retry_failed)
     summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped, notes=notes)
     for row, file_id, reason in plan.failures:

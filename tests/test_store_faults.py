@@ -156,4 +156,51 @@ def test_object_store_lock_refuses_a_live_holder_and_takes_over_a_stale_one(s3_e
     assert not filesystem.exists("locks/s.zarr.lock")
 
 
+def chunk_key(store: Path, row: int, k: int) -> Path:
+    return store / "image" / "c" / str(row) / "0" / "0" / str(k)
+
+
+def test_verify_names_every_bad_file_and_redo_corrupt_rewrites_exactly_those(small_corpus, tmp_path, clean_store):
+    from click.testing import CliRunner
+
+    from shared.cli import main
+
+    url = tmp_path / "s.zarr"
+    featurize_store(small_corpus, str(url), config=SMALL, labels="folders", time_chunk=256)
+    reader = FeatureStore(str(url))
+    rows = {file_id: i for i, file_id in enumerate(reader.ids)}
+    widths = {file_id: int(reader.table["n_frames"][i]) for file_id, i in rows.items()}
+    assert widths["low/low1.wav"] <= 4 * 256 < reader.image_shape[3]  # 5 s: 4 chunks in a 5-chunk axis
+    # a flipped byte, a lost object, an object left beyond a file's width
+    flipped = chunk_key(url, rows["low/low0.wav"], 1)
+    data = bytearray(flipped.read_bytes())
+    data[1000] ^= 0x10
+    flipped.write_bytes(bytes(data))
+    chunk_key(url, rows["high/high0.wav"], 2).unlink()
+    extra = chunk_key(url, rows["low/low1.wav"], 4)
+    extra.write_bytes(chunk_key(url, rows["low/low1.wav"], 0).read_bytes())
+    untouched = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (url / "image" / "c" / str(rows["high/high1.wav"])).rglob("*")
+                 if p.is_file()}
+
+    result = CliRunner().invoke(main, ["inspect", str(url), "--verify"])
+    assert result.exit_code == 1
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("verified 4 done file(s)") and lines[0].endswith("3 bad file(s):")
+    bad = dict(line.split("\t") for line in lines[1:4])
+    assert bad["low/low0.wav"].startswith("columns 256-511 unreadable:") and "checksum" in bad["low/low0.wav"]
+    assert bad["high/high0.wav"].startswith("1 image object(s) missing, first columns 512-767")
+    assert bad["low/low1.wav"].startswith("1 image object(s) beyond its width, first columns 1024-1279")
+    assert lines[-1] == f"featurize them again with: soundception featurize AUDIO_DIR --store {url} --redo-corrupt"
+
+    result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", str(url), "--labels", "folders",
+                                       "--redo-corrupt", "--serial", "--min-duration", "4"])
+    assert result.exit_code == 0, result.output
+    assert "featurized 3 of 3 file(s)" in result.output and "3 bad, featurized again" in result.output
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in untouched} == untouched  # the sound file: not rewritten
+    assert not extra.exists()
+    same_store(str(url), clean_store)
+    result = CliRunner().invoke(main, ["inspect", str(url), "--verify"])
+    assert result.exit_code == 0 and result.stdout.strip().endswith("all sound"), result.output
+
+
 from test_object_storage import s3_endpoint  # noqa: E402,F401  (the moto server fixture)
