@@ -23,10 +23,10 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
 
 
 @click.command("featurize")
-@click.argument("audio_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("audio_dir")
 @click.option("--store", default="stores/features.zarr", show_default=True,
               help="Zarr store path or fsspec URL (s3://bucket/name.zarr).")
-@click.option("--metadata", type=click.Path(exists=True), default=None,
+@click.option("--metadata", default=None,
               help="Labels: a CSV (path,label[,background]) or a folder of BirdCLEF XML files.")
 @click.option("--labels", type=click.Choice(["auto", "xml", "csv", "folders", "none"]), default="auto",
               show_default=True, help="Where labels come from (auto: CSV, XML next to the audio, or none).")
@@ -78,7 +78,9 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
                       frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int,
                       zstd_level: int, storage_options: dict | None, config_file: str | None,
                       empty_band_db: float) -> None:
-    """Featurize every recording under AUDIO_DIR into a Zarr feature store (resumable)."""
+    """Featurize every recording under AUDIO_DIR (a folder or an fsspec URL such as s3://bucket/audio)
+    into a Zarr feature store (resumable). Credentials for URLs come from the environment and
+    fsspec's configuration (or --storage-options)."""
     import logging
 
     from featurize import cluster

@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 
 from featurize import store as store_io
-from featurize.audio import DecodeError, decode, self_concatenate
+from featurize.audio import DecodeError, decode, is_url, self_concatenate
 from featurize.labels import Labelling, Recording, label_recordings
 from featurize.lock import StoreLock
 from featurize.lock import describe as describe_holder
@@ -55,7 +55,7 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
 
     config = FeaturizerConfig.from_dict(config_dict)
     try:
-        samples, duration, warning = decode(source, sample_rate=config.sample_rate)
+        samples, duration, warning = decode(source, sample_rate=config.sample_rate, storage_options=storage_options)
         if samples.size < config.min_samples:
             raise DecodeError(
                 f"too short: {samples.size} samples at {config.sample_rate} Hz "
@@ -78,13 +78,36 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
     return {"status": schema.DONE, "duration": float(duration), "n_frames": int(image.width), "warning": warning}
 
 
-def estimate_width(path: str, config: FeaturizerConfig) -> int:
-    """Image width in px from the file header (0 if the header cannot be read)."""
+HEADER_BYTES = 1 << 16  # what is fetched of a remote file to read its header
+LOWEST_BYTE_RATE = 4000  # B/s (32 kbit/s): a compressed file's length is bounded from its size with this
+
+
+def estimate_width(path: str, config: FeaturizerConfig, storage_options: dict[str, Any] | None = None) -> int:
+    """Image width in px from the file header (0 if the header cannot be read).
+
+    A remote file's header is read from its first :data:`HEADER_BYTES`; where that does not give
+    the length (mp3, ogg), the width is bounded from the file's size at :data:`LOWEST_BYTE_RATE`.
+    Over-estimating is cheap (the store's padded axis holds no objects past a file's width);
+    under-estimating makes the file wait for the axis to grow and be done again.
+    """
     import soundfile
 
     try:
-        info = soundfile.info(path)
-        seconds = info.frames / info.samplerate
+        if is_url(path):
+            import io
+
+            import fsspec
+
+            filesystem, key = fsspec.core.url_to_fs(path, **(storage_options or {}))
+            size = filesystem.size(key)
+            try:
+                info = soundfile.info(io.BytesIO(filesystem.cat_file(key, start=0, end=HEADER_BYTES)))
+                seconds = info.frames / info.samplerate if 0 < info.frames < (1 << 62) else size / LOWEST_BYTE_RATE
+            except Exception:
+                seconds = size / LOWEST_BYTE_RATE
+        else:
+            info = soundfile.info(path)
+            seconds = info.frames / info.samplerate
     except Exception:
         return 0
     if seconds <= 0:
@@ -149,9 +172,17 @@ def plan_jobs(recordings: Sequence[Recording], rows: Mapping[str, int], status: 
     return Plan(tuple(jobs), tuple(failures), skipped)
 
 
-def longest_first(jobs: Sequence[Job], config: FeaturizerConfig) -> tuple[Job, ...]:
-    """``jobs`` with their width estimated from the file headers, widest first (balances the workers)."""
-    sized = [dataclasses.replace(job, width=estimate_width(job.source, config)) for job in jobs]
+def longest_first(jobs: Sequence[Job], config: FeaturizerConfig,
+                  storage_options: dict[str, Any] | None = None) -> tuple[Job, ...]:
+    """``jobs`` with their width estimated from the file headers, widest first (balances the workers).
+
+    Headers are read by 16 threads: on object storage each is a request or two.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16 if any(is_url(job.source) for job in jobs) else 1) as pool:
+        widths = list(pool.map(lambda job: estimate_width(job.source, config, storage_options), jobs))
+    sized = [dataclasses.replace(job, width=width) for job, width in zip(jobs, widths)]
     return tuple(sorted(sized, key=lambda job: -job.width))
 
 
@@ -206,7 +237,7 @@ def prepare_store(labelling: Labelling, audio_root: str | Path, store_url: str, 
     meaning; files this run labels get their (possibly corrected) label, the others keep theirs.
     ``store_options`` (storage options, time chunk, zstd level) go to :func:`featurize.store.open_for_writing`.
     """
-    root = str(Path(audio_root).resolve())
+    root = str(audio_root).rstrip("/") if is_url(str(audio_root)) else str(Path(audio_root).resolve())
     group = store_io.open_for_writing(store_url, config, audio_root=root, **store_options)
     stored_root = dict(group.attrs).get("audio_root", "")
     if stored_root and stored_root != root:
@@ -368,7 +399,7 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
-    labelling = label_recordings(audio_root, metadata=metadata, source=labels)
+    labelling = label_recordings(audio_root, metadata=metadata, source=labels, storage_options=storage_options)
     if only is not None:
         wanted = set(only)
         labelling = dataclasses.replace(labelling, recordings=[r for r in labelling.recordings if r.id in wanted])
@@ -400,7 +431,7 @@ def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: s
         summary.add_failure(file_id, reason)
     summary.planned_failures = len(plan.failures)
     store_io.write_fields(group, {row: {"status": schema.FAILED, "error": reason} for row, _, reason in plan.failures})
-    run_jobs(group, longest_first(plan.jobs, config), store_url, config, summary, client=client,
+    run_jobs(group, longest_first(plan.jobs, config, storage_options), store_url, config, summary, client=client,
              storage_options=storage_options, progress=progress, check=lock.check)
     summary.seconds = time.perf_counter() - started
     return summary

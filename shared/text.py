@@ -38,3 +38,22 @@ def check_known_keys(data: dict[str, Any], known: Iterable[str], what: str) -> N
     unknown = set(data) - set(known)
     if unknown:
         raise ValueError(f"unknown {what} keys: {sorted(unknown)}")
+
+
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session", "auth", "sas")
+
+
+def redact_options(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Storage options fit to be written into a file or a log: every value under a key that names
+    a secret (``key``, ``secret``, ``token``, ``password``...), at any depth, becomes ``"***"``."""
+    if options is None:
+        return None
+    clean: dict[str, Any] = {}
+    for name, value in options.items():
+        if isinstance(value, dict):
+            clean[name] = redact_options(value)
+        elif any(word in str(name).lower() for word in SECRET_WORDS):
+            clean[name] = "***"
+        else:
+            clean[name] = value
+    return clean

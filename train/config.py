@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.text import check_known_keys
+from shared.text import check_known_keys, redact_options
 
 if TYPE_CHECKING:
     from shared.config import FeaturizerConfig
@@ -125,8 +125,10 @@ class RunConfig:
         return 2, self.stage2, self.stage1.steps
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values for checkpoints and config.json; secrets in ``storage_options`` are masked."""
         data = dataclasses.asdict(self)
         data["augment"] = self.augment.to_dict()
+        data["storage_options"] = redact_options(self.storage_options)
         return json.loads(json.dumps(data))
 
     @classmethod
