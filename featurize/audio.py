@@ -2,7 +2,9 @@
 
 soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, aiff, ...) is tried first and read in
 blocks, mixing to mono and resampling with a streaming soxr resampler as it goes, so memory is
-about one copy of the output signal. audioread (ffmpeg, gstreamer or the platform's decoder) is
+about one copy of the output signal; a signal longer than :data:`DISK_SIGNAL_SECONDS` is written
+to a temporary file instead and returned as a read-only array over its memory map
+(:mod:`featurize.signal`), so memory no longer grows with a recording's length. audioread (ffmpeg, gstreamer or the platform's decoder) is
 the fallback for anything libsndfile cannot open (m4a/aac, for one).
 """
 
@@ -20,12 +22,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from featurize.signal import SignalWriter
 from shared.text import one_line
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma")
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")  # what libsndfile reads
 FFMPEG_HINT = "this format needs ffmpeg (apt install ffmpeg / conda install ffmpeg)"
 _BLOCK_FRAMES = 1 << 16  # source frames per decode block (what a corrupt block can cost)
+# decoded signals longer than this go to a temporary file on disk (featurize.signal); read at call time
+DISK_SIGNAL_SECONDS = 600.0
 
 
 def is_url(path: str | Path) -> bool:
@@ -45,7 +50,10 @@ class DecodeError(RuntimeError):
 
 class Decoded(NamedTuple):
     """A decoded recording: mono float32 ``samples`` ``(n,)`` at the target rate, the source's
-    ``duration`` in seconds as decoded, and a one-line ``warning`` ("" when all went well)."""
+    ``duration`` in seconds as decoded, and a one-line ``warning`` ("" when all went well).
+
+    Above :data:`DISK_SIGNAL_SECONDS`, ``samples`` is a read-only array over a temporary file
+    (see :mod:`featurize.signal`); it reads like any array."""
 
     samples: np.ndarray
     duration: float
@@ -58,28 +66,6 @@ def _resampler(source_rate: float, target_rate: int):
     if source_rate == target_rate:
         return None
     return soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32", quality="HQ")
-
-
-class _Collector:
-    """Appends decoded blocks into one preallocated buffer (sized from the header), so a long
-    recording costs one copy of its signal instead of a list of blocks plus their concatenation."""
-
-    def __init__(self, expected: int) -> None:
-        self.buffer = np.empty(max(expected, 0), dtype=np.float32)
-        self.size = 0
-        self.overflow: list[np.ndarray] = []
-
-    def add(self, block: np.ndarray) -> None:
-        room = self.buffer.size - self.size
-        if block.size <= room and not self.overflow:
-            self.buffer[self.size : self.size + block.size] = block
-            self.size += block.size
-        else:  # the header under-stated the length: keep going in pieces
-            self.overflow.append(block.copy())
-
-    def result(self) -> np.ndarray:
-        head = self.buffer[: self.size]
-        return np.concatenate([head, *self.overflow]) if self.overflow else head
 
 
 _RETRY_FRAMES = 4096  # after a corrupt block, re-read from its start in steps this small
@@ -234,6 +220,11 @@ def _soundfile_blocks(audio, state: dict[str, object]):
         yield block
 
 
+def _writer(expected_seconds: float, sample_rate: int) -> SignalWriter:
+    return SignalWriter(math.ceil(max(expected_seconds, 0.0) * sample_rate) + 64,
+                        spill_samples=DISK_SIGNAL_SECONDS * sample_rate)
+
+
 def _decode_soundfile(path: Path, sample_rate: int) -> Decoded:
     import soundfile
 
@@ -242,7 +233,7 @@ def _decode_soundfile(path: Path, sample_rate: int) -> Decoded:
         if source_rate <= 0:
             raise DecodeError(f"invalid sample rate {source_rate}")
         resampler = _resampler(source_rate, sample_rate)
-        collector = _Collector(math.ceil(max(audio.frames, 0) * sample_rate / source_rate) + 64)
+        collector = _writer(audio.frames / source_rate, sample_rate)
         state: dict[str, object] = {"frames": 0}
         for block in _soundfile_blocks(audio, state):
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
@@ -266,7 +257,8 @@ def _decode_audioread(path: Path, sample_rate: int) -> Decoded:
         if channels <= 0 or source_rate <= 0:
             raise DecodeError(f"invalid stream (channels={channels}, rate={source_rate})")
         resampler = _resampler(source_rate, sample_rate)
-        pieces, n_source, leftover = [], 0, b""
+        collector = _writer(getattr(audio, "duration", 0) or 0, sample_rate)
+        n_source, leftover = 0, b""
         for buffer in audio:
             data = leftover + bytes(buffer)
             usable = len(data) - len(data) % (2 * channels)
@@ -274,11 +266,10 @@ def _decode_audioread(path: Path, sample_rate: int) -> Decoded:
             block = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
             block = block.reshape(-1, channels).mean(axis=1, dtype=np.float32)
             n_source += block.shape[0]
-            pieces.append(resampler.resample_chunk(block) if resampler else block)
+            collector.add(resampler.resample_chunk(block) if resampler else block)
         if resampler is not None:
-            pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return Decoded(samples, n_source / source_rate)
+            collector.add(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    return Decoded(collector.result(), n_source / source_rate)
 
 
 def _cannot_decode(name: str, soundfile_error: Exception, audioread_error: Exception) -> str:
@@ -356,8 +347,6 @@ def _decode_file(path: Path, sample_rate: int, name: str) -> Decoded:
             raise DecodeError(_cannot_decode(name, first, second)) from None
     if decoded.samples.size == 0:
         raise DecodeError("no audio samples (0 frames)")
-    if not np.all(np.isfinite(decoded.samples)):
-        decoded = decoded._replace(samples=np.nan_to_num(decoded.samples, nan=0.0, posinf=0.0, neginf=0.0))
     return decoded
 
 
