@@ -21,6 +21,18 @@ class StoreError(RuntimeError):
     """The path is not a readable feature store, or the store is not what the reader expects."""
 
 
+class CorruptChunk(StoreError):
+    """An image chunk whose bytes fail their stored crc32c checksum (a damaged copy or disk).
+
+    The message names the store, the file id and row, and the columns of the damaged chunk. It takes
+    one string, so a DataLoader worker can re-raise it in the main process as the same type.
+    """
+
+
+# what to do about a damaged chunk: the store holds no second copy of it
+CORRUPT_CHUNK_ADVICE = "copy the store again or featurize that file again"
+
+
 def open_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """Keyword arguments for zarr's ``open_group``/``open_array``: ``storage_options`` only when given.
 
@@ -129,15 +141,22 @@ class FeatureStore:
         return self.background[index]
 
     def image(self, index: int) -> np.ndarray:
-        """File ``index``'s whole image trimmed to its valid width: uint8 ``(channel, freq, n_frames)``."""
+        """File ``index``'s whole image trimmed to its valid width: uint8 ``(channel, freq, n_frames)``.
+
+        Raises:
+            CorruptChunk: a chunk of the image fails its checksum.
+        """
         width = int(self.table["n_frames"][index])
-        return np.asarray(self._image[index, :, :, :width])
+        return self._read(index, 0, width)
 
     def window(self, index: int, start: int, width: int) -> np.ndarray:
         """Columns ``[start, start + width)`` of file ``index``: uint8 ``(channel, freq, width)``.
 
         Columns past the file's valid width read as 0 (black), so a window may hang over the end.
         Only the chunks the window touches are read.
+
+        Raises:
+            CorruptChunk: a chunk the window touches fails its checksum.
         """
         if width <= 0:
             raise ValueError(f"window width must be positive, got {width}")
@@ -146,5 +165,28 @@ class FeatureStore:
         stop = min(start + int(width), valid)
         out = np.zeros(self._image.shape[1:3] + (int(width),), dtype=np.uint8)
         if stop > start:
-            out[:, :, : stop - start] = self._image[index, :, :, start:stop]
+            out[:, :, : stop - start] = self._read(index, start, stop)
         return out
+
+    def _read(self, index: int, start: int, stop: int) -> np.ndarray:
+        """Columns ``[start, stop)`` of file ``index``; a checksum failure becomes :class:`CorruptChunk`."""
+        try:
+            return np.asarray(self._image[index, :, :, start:stop])
+        except ValueError as error:  # zarr's crc32c codec: "Stored and computed checksum do not match ..."
+            if "checksum" not in str(error):
+                raise
+            first, last = self._corrupt_columns(index, start, stop)
+            reason = " ".join(str(error).split()).rstrip(".")
+            raise CorruptChunk(f"corrupt chunk in {self.url}: file {self.ids[index]} (row {index}), columns "
+                               f"{first}-{last}: {reason}; {CORRUPT_CHUNK_ADVICE}") from None
+
+    def _corrupt_columns(self, index: int, start: int, stop: int) -> tuple[int, int]:
+        """First and last column (inclusive, within the valid width) of the first time chunk in
+        ``[start, stop)`` that fails to read; ``(start, stop - 1)`` if each reads alone."""
+        chunk, valid = self.time_chunk, int(self.table["n_frames"][index])
+        for first in range(start - start % chunk, stop, chunk):
+            try:
+                self._image[index, :, :, first:first + chunk]
+            except ValueError:
+                return first, min(first + chunk, valid) - 1
+        return start, stop - 1
