@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from shared.reader import StoreError
-from shared.text import one_line, parse_json_option
+from shared.text import parse_json_option
 from train.config import OPTIMIZERS, RunConfig, UserError
 
 # the user's mistakes (a bad option, store, run folder, checkpoint or weights file): reported in one
@@ -38,6 +38,22 @@ def _json_option(text: str | None, name: str) -> dict | None:
         raise click.BadParameter(str(error), param_hint=name) from None
 
 
+# what torch puts before an error re-raised from a DataLoader worker, ahead of the worker's traceback
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+# exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED_EXIT_CODE = 130
+
+
+def user_message(error: BaseException) -> str:
+    """The one line to show for a user error; one re-raised from a loader worker loses torch's traceback."""
+    text = str(error)
+    if WORKER_TRACEBACK in text:  # "Caught X in DataLoader worker ...\n<traceback>\nmodule.X: message"
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())[:1000] or type(error).__name__
+
+
 def _run(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call a library function; the user's mistakes and running out of GPU memory become one line."""
     import torch
@@ -45,9 +61,30 @@ def _run(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return function(*args, **kwargs)
     except USER_ERRORS as error:
-        raise click.ClickException(one_line(error, limit=1000)) from None
+        raise click.ClickException(user_message(error)) from None
     except torch.OutOfMemoryError:
         raise click.ClickException(OUT_OF_MEMORY_ADVICE) from None
+
+
+def interrupted(message: str) -> click.ClickException:
+    """A one-line ``Error: <message>`` that exits with :data:`INTERRUPTED_EXIT_CODE`."""
+    error = click.ClickException(message)
+    error.exit_code = INTERRUPTED_EXIT_CODE
+    return error
+
+
+def train_interrupted_message(out: str, step: int | None) -> str:
+    """What Ctrl-C during ``train`` stopped and what to rerun: resume from the last checkpoint, or start over."""
+    from train.checkpoint import latest_checkpoint, saved_step
+
+    when = "before the first step" if step is None else f"at step {step}"
+    last = latest_checkpoint(out)
+    if last is None:
+        return (f"interrupted {when}, before the first checkpoint; rerun the same command without --resume "
+                f"to start over")
+    saved = saved_step(last)
+    holds = "the last checkpoint" if saved is None else f"step {saved}"
+    return f"interrupted {when}; {last} holds {holds}: rerun the same command with --resume to continue from there"
 
 
 # the names registered in train.attention.ATTENTION (listed here so --help needs no torch; a test
@@ -154,7 +191,10 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
         multilabel=multilabel, augment=_augment_option("none" if no_augment else augment_spec),
         num_workers=workers, device=device, compile=compile_model, log_every=log_every, eval_every=eval_every,
         checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size, eval_max_files=eval_max_files)
-    result = _run(train, config, resume=resume, progress=not no_progress)
+    try:
+        result = _run(train, config, resume=resume, progress=not no_progress)
+    except KeyboardInterrupt as stop:
+        raise interrupted(train_interrupted_message(out, getattr(stop, "step", None))) from None
     click.echo(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
 
 
@@ -174,6 +214,9 @@ def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, d
     from train.evaluate import evaluate
 
     options = _json_option(storage_options, "--storage-options")
-    report = _run(evaluate, checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
-                  storage_options=options)
+    try:
+        report = _run(evaluate, checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
+                      storage_options=options)
+    except KeyboardInterrupt:
+        raise interrupted("interrupted: no report written; rerun the same command (evaluation starts over)") from None
     click.echo(json.dumps(report, indent=2))

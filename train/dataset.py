@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from shared import schema
-from shared.reader import FeatureStore
+from shared.reader import FeatureStore, StoreError
 from train.config import UserError
+
+
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> FeatureStore:
+    """Open a feature store for training or evaluation.
+
+    Raises:
+        StoreError: one line; a local path that does not exist or is a regular file is named as such.
+    """
+    if "://" not in str(url):
+        path = Path(url)
+        if not path.exists():
+            raise StoreError(f"{url} is not a readable Zarr feature store: no such file or folder")
+        if not path.is_dir():
+            raise StoreError(f"{url} is not a readable Zarr feature store: it is a file, not a store folder")
+    return FeatureStore(url, storage_options)
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,8 @@ def split_files(store: FeatureStore, *, validation_fraction: float = 0.1, seed: 
     order = np.random.default_rng(seed).permutation(indices)
     n_validation = int(round(validation_fraction * order.size))
     if validation_fraction > 0 and order.size >= 2:
-        n_validation = min(max(1, n_validation), order.size - 1)
+        n_validation = max(1, n_validation)
+    n_validation = min(n_validation, order.size - 1)  # always a file to train on, even with one file
     validation, train = np.sort(order[:n_validation]), np.sort(order[n_validation:])
     return Split(train=tuple(int(i) for i in train), validation=tuple(int(i) for i in validation),
                  train_ids=tuple(str(store.ids[i]) for i in train),

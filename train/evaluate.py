@@ -10,6 +10,7 @@ prediction is the mean of the windows' softmax, computed by :mod:`train.inferenc
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,26 +18,83 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.reader import FeatureStore
+from shared.reader import FeatureStore, StoreError
 from train import metrics
 from train.checkpoint import load_checkpoint
 from train.config import RunConfig, UserError, crop_width_px
-from train.dataset import Split, trainable_indices
-from train.inference import recording_probabilities
+from train.dataset import Split, open_store, trainable_indices
+from train.inference import file_windows
 from train.model import build_model
 from train.runtime import resolve_device
 
 
 def evaluate_model(model: torch.nn.Module, store: FeatureStore, indices: list[int] | np.ndarray, *,
                    crop_width: int, device: torch.device, batch_size: int = 8) -> dict[str, float]:
-    """Metrics (:func:`train.metrics.report`) of ``model`` on the store files ``indices``."""
+    """Metrics (:func:`train.metrics.report`) of ``model`` on the store files ``indices``.
+
+    Raises:
+        CorruptChunk: a window of one of the files fails its chunk checksum (no score would be honest).
+        StoreError: a window could not be read for another reason.
+    """
     indices = [int(i) for i in indices]
-    probabilities = recording_probabilities(model, store, indices, crop_width=crop_width, device=device,
-                                            batch_size=batch_size)
+    rows = []
+    for scored in file_windows(model, store, indices, width=crop_width, device=device, batch_size=batch_size,
+                               attention=False):
+        if scored.error:  # the reader hands a black window on; scoring it would bias the metrics silently
+            raise_read_error(store, scored.index, scored.starts, crop_width, scored.error)
+        rows.append(scored.recording_scores())
+    probabilities = np.stack(rows) if rows else np.zeros((0, len(store.classes)))
     labels = store.table["label"][indices].astype(np.int64)
     every = store.background
     background = [every[i] for i in indices]
     return metrics.report(probabilities, labels, background)
+
+
+def raise_read_error(store: FeatureStore, index: int, starts: np.ndarray, width: int, reason: str) -> None:
+    """Raise the error that a window of file ``index`` gave: read it again for the full
+    :class:`CorruptChunk` (the loader keeps only a shortened text), else a :class:`StoreError` with ``reason``."""
+    for start in starts:
+        store.window(index, int(start), width)
+    raise StoreError(f"cannot read file {store.ids[index]} (row {index}) of {store.url}: {reason}")
+
+
+def evaluated_files(payload: dict[str, Any], store: FeatureStore, files: str) -> list[int]:
+    """Store indices to evaluate: the run's validation files that are done, or every trainable file.
+
+    Raises:
+        UserError: ``files`` is neither choice, or it selects no file (a report of NaN helps nobody).
+    """
+    trainable = trainable_indices(store)
+    if files == "validation":
+        split = Split.from_dict(json.loads(payload["split"]))
+        split.check_against(store)
+        if not split.validation:
+            raise UserError("the run has no validation files (validation_fraction 0); evaluate a store with "
+                            "--files all")
+        done = set(trainable.tolist())
+        indices = [i for i in split.validation if i in done]
+        if not indices:
+            raise UserError(f"none of the run's {len(split.validation)} validation files is done in {store.url}")
+        return indices
+    if files == "all":
+        if trainable.size == 0:
+            raise UserError(f"{store.url} has no labelled file with status 'done' to evaluate")
+        return trainable.tolist()
+    raise UserError(f"files must be 'validation' or 'all', got {files!r}")
+
+
+def write_report(out: str | Path, report: dict[str, Any] | None) -> None:
+    """Write ``report`` as JSON to ``out``; ``None``: only check that ``out`` can be written (before the work)."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if report is None:
+            with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe-"):
+                pass
+        else:
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as error:
+        raise UserError(f"cannot write the report {out}: {error.strerror or error}") from None
 
 
 def evaluate(checkpoint: str | Path, store_url: str, *, out: str | Path | None = None, files: str = "validation",
@@ -47,10 +105,14 @@ def evaluate(checkpoint: str | Path, store_url: str, *, out: str | Path | None =
     Args:
         files: ``validation`` (the run's validation split; the store must be the run's store) or
             ``all`` (every labelled, done file of the store, e.g. a separate test store).
+
+    Raises:
+        UserError, StoreError: one line each (an unreadable checkpoint or store, no file to evaluate,
+            a report that cannot be written, a corrupt chunk).
     """
     payload = load_checkpoint(checkpoint)
     config = RunConfig.from_dict(json.loads(payload["run_config"]))
-    store = FeatureStore(store_url, storage_options)
+    store = open_store(store_url, storage_options)
     classes = json.loads(payload["classes"])
     if store.classes != classes:
         raise UserError(f"{store_url} has classes {store.classes[:5]}..., the checkpoint was trained on "
@@ -58,14 +120,9 @@ def evaluate(checkpoint: str | Path, store_url: str, *, out: str | Path | None =
     if store.config_hash != payload["config_hash"]:
         raise UserError(f"{store_url} was featurized with config {store.config_hash}, the checkpoint expects "
                          f"{payload['config_hash']}: the images would not look like the training images")
-    if files == "validation":
-        split = Split.from_dict(json.loads(payload["split"]))
-        split.check_against(store)
-        indices = list(split.validation)
-    elif files == "all":
-        indices = trainable_indices(store).tolist()
-    else:
-        raise UserError(f"files must be 'validation' or 'all', got {files!r}")
+    indices = evaluated_files(payload, store, files)
+    if out is not None:
+        write_report(out, None)
     chosen = resolve_device(device)
     model = build_model(config, len(classes))
     model.load_state_dict(payload["model"])
@@ -76,6 +133,5 @@ def evaluate(checkpoint: str | Path, store_url: str, *, out: str | Path | None =
     report = {"checkpoint": str(checkpoint), "store": store_url, "files": files, "step": int(payload["step"]),
               "crop_width": crop_width, "seconds": round(time.perf_counter() - started, 3), **result}
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(out, report)
     return report

@@ -18,6 +18,7 @@ Run folder::
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -36,7 +37,7 @@ from train.augment import augment_batch, read_width
 from train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import RunConfig, StageConfig, UserError, crop_width_px
 from train.curves import plot_curves, read_metrics
-from train.dataset import Split, WindowDataset, WindowSampler, make_loader, split_files
+from train.dataset import Split, WindowDataset, WindowSampler, make_loader, open_store, split_files
 from train.evaluate import evaluate_model
 from train.loss import soundception_loss
 from train.model import Soundception, build_model, count_parameters
@@ -46,6 +47,14 @@ from train.weights import load_backbone_weights
 # options that may change on --resume without changing the result
 RESUMABLE_CHANGES = {"store", "storage_options", "num_workers", "device", "compile", "log_every", "eval_every",
                      "checkpoint_every", "eval_batch_size", "eval_max_files"}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``step``: the optimizer steps completed when it came."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -96,9 +105,10 @@ def set_up(config: RunConfig, *, resume: bool) -> tuple[Run, dict[str, Any] | No
     Returns the run and, with ``resume``, the checkpoint it continues from.
     """
     runtime = rt.start(config.device)
-    store = FeatureStore(config.store, config.storage_options)
+    store = open_store(config.store, config.storage_options)
     if not store.classes:
         raise UserError(f"{config.store} has no classes: featurize it with labels")
+    check_run_folder(config.out)
     payload = resumed_checkpoint(config, store) if resume else None
     if payload is None and latest_checkpoint(config.out) is not None:
         raise UserError(f"{config.out} already holds a checkpoint; pass --resume or choose another --out")
@@ -114,6 +124,20 @@ def set_up(config: RunConfig, *, resume: bool) -> tuple[Run, dict[str, Any] | No
     run = Run(config=config, runtime=runtime, store=store, split=split, model=model, crop_width=crop_width,
               window_width=read_width(crop_width, config.augment))
     return run, payload
+
+
+def check_run_folder(out: str | Path) -> None:
+    """Make the run folder and write a probe file in it, so an unwritable ``--out`` fails before any work.
+
+    Raises:
+        UserError: one line with the system's reason (read-only, a path under a regular file, ...).
+    """
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe-"):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write the run folder {out}: {error.strerror or error}") from None
 
 
 def resumed_checkpoint(config: RunConfig, store: FeatureStore) -> dict[str, Any]:
@@ -278,25 +302,29 @@ def run_stage(run: Run, step: int, stop_step: int, *, payload: dict[str, Any] | 
                    disable=not (progress and runtime.is_main))
     first_step, loss, path = step, float("nan"), None
     logged_at, logged_step = time.perf_counter(), step
-    while step < min(stage_end, stop_step):
-        losses = train_step(run, runner, optimizer, batches, sampler, step)
-        scheduler.step()
-        step, loss = step + 1, losses["loss"]
-        bar.update(step - first_step)
-        if runtime.is_main and (step % config.log_every == 0 or step == stage_end):
-            rate = (step - logged_step) * samples_per_step / max(time.perf_counter() - logged_at, 1e-9)
-            append_record(run.metrics_path, {"kind": "train", "step": step, "stage": stage_number, **losses,
-                                             "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-            bar.set_postfix(f"loss {loss:.3f}, {rate:.1f} samples/s")
-            logged_at, logged_step = time.perf_counter(), step
-        if config.eval_every > 0 and step % config.eval_every == 0 and step < config.total_steps:
-            result = validate(run, step)
-            if result:
-                print(f"step {step}: validation MAP {result['map']:.3f}, top-1 {result['top1']:.3f}")
-            set_stage_mode(run.model, stage.train_backbone)  # evaluation switched the model to eval mode
-        if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 or step == stop_step:
-            path = save(run, step, stage_number, optimizer, scheduler)
-    bar.close()
+    try:
+        while step < min(stage_end, stop_step):
+            losses = train_step(run, runner, optimizer, batches, sampler, step)
+            scheduler.step()
+            step, loss = step + 1, losses["loss"]
+            bar.update(step - first_step)
+            if runtime.is_main and (step % config.log_every == 0 or step == stage_end):
+                rate = (step - logged_step) * samples_per_step / max(time.perf_counter() - logged_at, 1e-9)
+                append_record(run.metrics_path, {"kind": "train", "step": step, "stage": stage_number, **losses,
+                                                 "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
+                bar.set_postfix(f"loss {loss:.3f}, {rate:.1f} samples/s")
+                logged_at, logged_step = time.perf_counter(), step
+            if config.eval_every > 0 and step % config.eval_every == 0 and step < config.total_steps:
+                result = validate(run, step)
+                if result:
+                    print(f"step {step}: validation MAP {result['map']:.3f}, top-1 {result['top1']:.3f}")
+                set_stage_mode(run.model, stage.train_backbone)  # evaluation switched the model to eval mode
+            if config.checkpoint_every > 0 and step % config.checkpoint_every == 0 or step == stop_step:
+                path = save(run, step, stage_number, optimizer, scheduler)
+    except KeyboardInterrupt:
+        raise Interrupted(step) from None  # the steps done, for the advice on resuming
+    finally:
+        bar.close()
     return step, loss, path
 
 
