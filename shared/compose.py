@@ -30,36 +30,83 @@ def _json(text: str | None, name: str) -> dict | None:
         raise click.BadParameter(str(error), param_hint=name) from None
 
 
-def audio_inputs(inputs: Sequence[str]) -> tuple[Path, dict[str, Path]]:
-    """Audio files and folders -> their common root and ``{file id: path}`` (ids relative to the root).
+def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> tuple[str, dict[str, str]]:
+    """Audio files and folders (local, or fsspec URLs such as ``s3://bucket/audio``) -> their
+    common root and ``{file id: path or URL}`` (ids relative to the root).
 
     Raises:
-        click.UsageError: an input that is neither an audio file nor a folder holding audio.
+        click.UsageError: an input that is neither an audio file nor a folder holding audio, or a
+            mix of local paths and URLs.
     """
-    from featurize.audio import AUDIO_EXTENSIONS
+    import posixpath
+
+    from featurize.audio import AUDIO_EXTENSIONS, is_url, redact
     from featurize.labels import discover_audio
 
-    files: list[Path] = []
+    remote = {is_url(text) for text in inputs}
+    if len(remote) > 1:
+        raise click.UsageError("give either local audio or URLs, not both")
+    files: list[str] = []
     for text in inputs:
-        path = Path(text).resolve()
-        if path.is_dir():
-            found = discover_audio(path)
+        kind, location = _kind(text, storage_options)
+        shown = redact(text)
+        if kind == "dir":
+            found = [str(f) for f in discover_audio(location, storage_options=storage_options)]
             if not found:
-                raise click.UsageError(f"{text}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+                raise click.UsageError(f"{shown}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
             files += found
-        elif path.is_file():
-            if path.suffix.lower() not in AUDIO_EXTENSIONS:
-                raise click.UsageError(f"{text}: not an audio file (expected one of {', '.join(AUDIO_EXTENSIONS)})")
-            files.append(path)
+        elif kind == "file":
+            if posixpath.splitext(location)[1].lower() not in AUDIO_EXTENSIONS:
+                raise click.UsageError(f"{shown}: not an audio file (expected one of {', '.join(AUDIO_EXTENSIONS)})")
+            files.append(location)
         else:
-            raise click.UsageError(f"{text}: no such file or folder")
+            raise click.UsageError(f"{shown}: no such file or folder")
     files = sorted(set(files))
-    root = Path(os.path.commonpath([str(f.parent) for f in files]))
-    return root, {f.relative_to(root).as_posix(): f for f in files}
+    if remote == {True}:
+        scheme = files[0].split("://", 1)[0] + "://"
+        keys = [f[len(scheme):] for f in files]
+        root = scheme + posixpath.commonpath([posixpath.dirname(k) for k in keys])
+        return root, {f[len(root) + 1 :]: f for f in files}
+    root = os.path.commonpath([str(Path(f).parent) for f in files])
+    return root, {Path(f).relative_to(root).as_posix(): f for f in files}
 
 
-def featurize_inputs(root: Path, files: dict[str, Path], out: Path, featurizer_config: Any, *, workers: int | None,
-                     progress: bool) -> tuple[str, dict[str, dict[str, Any]]]:
+def _kind(text: str, storage_options: dict | None) -> tuple[str, str]:
+    """``("dir" | "file" | "missing", location)`` for a local path or a URL."""
+    from featurize.audio import is_url
+
+    if not is_url(text):
+        path = Path(text).resolve()
+        return ("dir" if path.is_dir() else "file" if path.is_file() else "missing"), str(path)
+    import fsspec
+
+    url = text.rstrip("/")
+    try:
+        filesystem, key = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        kind = "dir" if filesystem.isdir(key) else "file" if filesystem.isfile(key) else "missing"
+    except (OSError, ValueError):
+        kind = "missing"
+    return kind, url
+
+
+def identity(location: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """What says an audio file changed since it was featurized: its size and modification time
+    (an object's ETag where the store has no time), and where it is."""
+    from featurize.audio import is_url
+
+    if not is_url(location):
+        stat = Path(location).stat()
+        return {"size": stat.st_size, "mtime": stat.st_mtime_ns, "path": location}
+    import fsspec
+
+    filesystem, key = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    info = filesystem.info(key)
+    changed = info.get("LastModified") or info.get("mtime") or info.get("ETag") or info.get("etag") or ""
+    return {"size": int(info.get("size") or 0), "mtime": str(changed), "path": location}
+
+
+def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_config: Any, *, workers: int | None,
+                     progress: bool, storage_options: dict | None = None) -> tuple[str, dict[str, dict[str, Any]]]:
     """Featurize ``files`` into ``OUT/stores/<root hash>.zarr`` with the checkpoint's config.
 
     A file whose size or modification time changed since it was featurized is done again; files
@@ -74,7 +121,7 @@ def featurize_inputs(root: Path, files: dict[str, Path], out: Path, featurizer_c
     from shared import schema
 
     store = out / "stores" / (hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12] + ".zarr")
-    sources = {i: {"size": p.stat().st_size, "mtime": p.stat().st_mtime_ns, "path": str(p)} for i, p in files.items()}
+    sources = {i: identity(p, storage_options) for i, p in files.items()}
     if store.exists():  # audio edited in place since the scratch store was made: featurize it again
         group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
         known = group.attrs.get("sources", {})
@@ -82,11 +129,11 @@ def featurize_inputs(root: Path, files: dict[str, Path], out: Path, featurizer_c
         stale = {row: {"status": schema.PENDING} for row, i in enumerate(ids) if i in sources and i in known
                  and known[i] != {k: sources[i][k] for k in ("size", "mtime")}}
         store_io.write_fields(group, stale)
-    seconds = sum(p.stat().st_size for p in files.values()) / (44100 * 2)  # rough: 16-bit mono 44.1 kHz
+    seconds = sum(s["size"] for s in sources.values()) / (44100 * 2)  # rough: 16-bit mono 44.1 kHz
     client = None if (workers == 0 or (workers is None and seconds < SERIAL_SECONDS)) else local_client(workers)
     try:
         summary = featurize_store(root, str(store), config=featurizer_config, labels="none", client=client,
-                                  only=list(files), new_audio_root=False)
+                                  only=list(files), new_audio_root=False, storage_options=storage_options)
     finally:
         if client is not None:
             cluster = client.cluster
@@ -102,7 +149,7 @@ def featurize_inputs(root: Path, files: dict[str, Path], out: Path, featurizer_c
 
 
 @click.command("predict")
-@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1)
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A training checkpoint (runs/NAME/checkpoints/last.pt).")
 @click.option("--store", default=None, help="Predict every done recording of this feature store (instead of audio).")
@@ -128,7 +175,8 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
                     segments: float | None, hop: float | None, top_k: int, min_score: float, combined: bool,
                     batch_size: int, workers: int, featurize_workers: int | None, device: str,
                     storage_options: str | None, no_progress: bool, embeddings: str | None) -> None:
-    """Predict species for AUDIO files/folders, or for a --store, with a trained checkpoint."""
+    """Predict species for AUDIO files/folders (local or URLs such as s3://bucket/audio), or for a
+    --store, with a trained checkpoint."""
     from train.cli import _run
     from train.predict import PredictOptions, predict_store
     from train.runtime import resolve_device
@@ -141,13 +189,16 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
                    batch_size=batch_size, workers=workers, device=device)
     trained = _run(load_trained_model, checkpoint, resolve_device(device))
     sources = None
+    fsspec_options = _json(storage_options, "--storage-options")
     try:
         if inputs:
-            root, files = audio_inputs(inputs)
+            root, files = audio_inputs(inputs, fsspec_options)
             store, sources = featurize_inputs(root, files, Path(out), trained.featurizer_config,
-                                                        workers=featurize_workers, progress=not no_progress)
+                                              workers=featurize_workers, progress=not no_progress,
+                                              storage_options=fsspec_options)
+            fsspec_options = None  # the scratch store is local
         summary = _run(predict_store, checkpoint, store, out, options, trained=trained, sources=sources,
-                       storage_options=_json(storage_options, "--storage-options"),
+                       storage_options=fsspec_options,
                        progress=not no_progress, file_ids=list(sources) if sources else None,
                        embeddings=embeddings)
     except KeyboardInterrupt:

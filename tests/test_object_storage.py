@@ -128,6 +128,13 @@ def test_audio_on_s3_to_a_store_on_s3_to_training_crops_with_credentials_from_th
     run("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--store", store)
     run("predict", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--store", store,
         "--out", str(tmp_path / "predictions"), "--format", "csv")
+    # the same recordings straight from the bucket: featurized with the checkpoint's config, same scores
+    run("predict", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "s3://field/audio",
+        "--out", str(tmp_path / "from-audio"), "--format", "csv", "--featurize-workers", "0")
+    tables = [sorted((tmp_path / name / "predictions.csv").read_text().splitlines()) for name in
+              ("predictions", "from-audio")]
+    assert tables[0] == tables[1] and len(tables[0]) > 6
+    assert "broken.wav" in (tmp_path / "from-audio" / "failures.csv").read_text()
     for text in outputs:
         assert SECRET not in text
     for path in tmp_path.rglob("*"):
