@@ -39,7 +39,7 @@ def write_recording(path: Path, hours: float, *, seed: int = 0) -> None:
     chirp = (0.3 * np.sin(2 * np.pi * (2000 * t + 4000 / 0.6 * t**2))).astype(np.float32)
     block = BLOCK_SECONDS * SAMPLE_RATE
     with soundfile.SoundFile(str(path), "w", SAMPLE_RATE, 1, subtype="PCM_16") as out:
-        for _ in range(int(round(hours * 3600 / BLOCK_SECONDS))):
+        for _ in range(round(hours * 3600 / BLOCK_SECONDS)):
             samples = (0.05 * rng.standard_normal(block)).astype(np.float32)
             for start in range(0, block - chirp.size, 2 * SAMPLE_RATE):
                 samples[start : start + chirp.size] += chirp
@@ -66,7 +66,7 @@ def measure(code: Path, folder: Path, store: Path, disk_seconds: float | None) -
     script = (f"import sys; sys.path.insert(0, {str(code)!r}); sys.path.insert(1, {str(REPOSITORY / 'bench')!r})\n"
               f"import long_recording; long_recording.child({str(folder)!r}, {str(store)!r}, "
               f"{'None' if disk_seconds is None else f'float({str(disk_seconds)!r})'})")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=code)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=code, check=False)
     if result.returncode:
         raise SystemExit(f"featurizing failed:\n{result.stderr}")
     shutil.rmtree(store, ignore_errors=True)

@@ -4,8 +4,9 @@ soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, aiff, ...) is tried fir
 blocks, mixing to mono and resampling with a streaming soxr resampler as it goes, so memory is
 about one copy of the output signal; a signal longer than :data:`DISK_SIGNAL_SECONDS` is written
 to a temporary file instead and returned as a read-only array over its memory map
-(:mod:`featurize.signal`), so memory no longer grows with a recording's length. audioread (ffmpeg, gstreamer or the platform's decoder) is
-the fallback for anything libsndfile cannot open (m4a/aac, for one).
+(:mod:`featurize.signal`), so memory no longer grows with a recording's length. audioread
+(ffmpeg, gstreamer or the platform's decoder) is the fallback for anything libsndfile cannot
+open (m4a/aac, for one); a URL source is decoded from a local temporary copy.
 """
 
 from __future__ import annotations

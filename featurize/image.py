@@ -356,7 +356,7 @@ class MultiscaleImage:
     bounds: tuple[tuple[float, float], ...]
 
     @classmethod
-    def plan(cls, signal: np.ndarray, config: FeaturizerConfig) -> "MultiscaleImage":
+    def plan(cls, signal: np.ndarray, config: FeaturizerConfig) -> MultiscaleImage:
         """Validate the signal and compute the clip bounds (the first pass)."""
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 1 or signal.size == 0:

@@ -21,18 +21,23 @@ import tempfile
 import numpy as np
 
 
-def _mapping(array: np.ndarray) -> mmap.mmap | None:
-    """The memory map under ``array`` (through any chain of views), or None."""
+class _SignalMap(mmap.mmap):
+    """A read-only map of a :class:`SignalWriter` file: the only maps whose pages are dropped
+    (dropping a copy-on-write ``np.memmap``'s pages would lose its changes)."""
+
+
+def _mapping(array: np.ndarray) -> _SignalMap | None:
+    """The signal map under ``array`` (through any chain of views), or None."""
     base = array
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, memoryview):  # np.frombuffer keeps a memoryview of the map
         base = base.obj
-    return base if isinstance(base, mmap.mmap) else None
+    return base if isinstance(base, _SignalMap) else None
 
 
 def is_disk_backed(array: np.ndarray) -> bool:
-    """True when ``array`` reads a temporary file written by :class:`SignalWriter` (or any mmap)."""
+    """True when ``array`` reads a temporary file written by :class:`SignalWriter`."""
     return _mapping(array) is not None
 
 
@@ -66,7 +71,7 @@ class SignalWriter:
             self._open_file()
 
     def _open_file(self) -> None:
-        self.file = tempfile.TemporaryFile(prefix="soundception-signal-")
+        self.file = tempfile.TemporaryFile(prefix="soundception-signal-")  # noqa: SIM115 (closed in result)
 
     def add(self, block: np.ndarray) -> None:
         """Append a 1-D block (any float dtype; converted to float32)."""
@@ -100,7 +105,7 @@ class SignalWriter:
         if self.size == 0:
             self.file.close()
             return np.zeros(0, dtype=np.float32)
-        mapping = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own descriptor
+        mapping = _SignalMap(self.file.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own descriptor
         self.file.close()
         mapping.madvise(mmap.MADV_SEQUENTIAL)
         return np.frombuffer(mapping, dtype=np.float32)

@@ -198,7 +198,7 @@ def test_a_malformed_label_csv_stops_before_the_store_is_written(tmp_path, small
 
 # ---- audio on object storage (moto S3 on loopback) ----------------------------------------
 
-from test_object_storage import s3_endpoint  # noqa: E402,F401  (the module's moto server fixture)
+from test_object_storage import s3_endpoint  # noqa: F401  (the module's moto server fixture)
 
 SECRET = {"key": "AKIA-NOT-IN-MESSAGES", "secret": "s3cr3t-not-in-messages"}  # moto takes any pair
 

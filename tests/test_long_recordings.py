@@ -50,6 +50,16 @@ def test_signal_writer_returns_the_blocks_in_order(expected, spill, disk):
         assert not signal.flags.writeable
 
 
+def test_only_the_writers_own_maps_have_their_pages_dropped(tmp_path):
+    """A copy-on-write np.memmap keeps its changes only in its pages: they must never be dropped."""
+    path = tmp_path / "x.f32"
+    np.arange(5000, dtype=np.float32).tofile(path)
+    copy_on_write = np.memmap(path, dtype=np.float32, mode="c")
+    copy_on_write[7] = -1.0
+    release_pages(copy_on_write)
+    assert not is_disk_backed(copy_on_write) and copy_on_write[7] == -1.0
+
+
 @pytest.fixture(scope="module")
 def twelve_minutes(tmp_path_factory):
     """12 min of 44.1 kHz stereo FLAC: noise, a tone, and a loud chirp every 7 s (decoded to 22,050 Hz)."""
