@@ -21,16 +21,18 @@ class StoreError(RuntimeError):
     """The path is not a readable feature store, or the store is not what the reader expects."""
 
 
-class CorruptChunk(StoreError):
+class CorruptChunk(StoreError, ValueError):
     """An image chunk whose bytes fail their stored crc32c checksum (a damaged copy or disk).
 
     The message names the store, the file id and row, and the columns of the damaged chunk. It takes
-    one string, so a DataLoader worker can re-raise it in the main process as the same type.
+    one string, so a DataLoader worker can re-raise it in the main process as the same type. It is
+    also a ``ValueError``, the type zarr raises for it, so code that caught that still does.
     """
 
 
-# what to do about a damaged chunk: the store holds no second copy of it
-CORRUPT_CHUNK_ADVICE = "copy the store again or featurize that file again"
+# what to do about a damaged chunk ({url}: the store): find every damaged file, then rewrite them
+CORRUPT_CHUNK_ADVICE = ("run soundception inspect {url} --verify to list every damaged file "
+                        "(featurize --redo-corrupt rewrites them)")
 
 
 def open_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -178,7 +180,7 @@ class FeatureStore:
             first, last = self._corrupt_columns(index, start, stop)
             reason = " ".join(str(error).split()).rstrip(".")
             raise CorruptChunk(f"corrupt chunk in {self.url}: file {self.ids[index]} (row {index}), columns "
-                               f"{first}-{last}: {reason}; {CORRUPT_CHUNK_ADVICE}") from None
+                               f"{first}-{last}: {reason}; {CORRUPT_CHUNK_ADVICE.format(url=self.url)}") from None
 
     def _corrupt_columns(self, index: int, start: int, stop: int) -> tuple[int, int]:
         """First and last column (inclusive, within the valid width) of the first time chunk in

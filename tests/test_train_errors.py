@@ -165,9 +165,16 @@ def test_a_corrupt_chunk_is_named_by_file_and_columns(store_url, tmp_path):
         with pytest.raises(CorruptChunk) as failed:
             read()
         assert str(failed.value).startswith(expected) and "checksum do not match" in str(failed.value)
+        assert str(failed.value).endswith(f"; run soundception inspect {store} --verify to list every damaged "
+                                          f"file (featurize --redo-corrupt rewrites them)")
+        assert isinstance(failed.value, ValueError)  # what zarr raised before: callers catching that still do
     assert reader.window(row, 0, TIME_CHUNK).shape == (3, 64, TIME_CHUNK)  # the first chunk still reads
     other = (row + 1) % reader.n_files
     assert reader.image(other).shape[-1] == reader.table["n_frames"][other]
+    from featurize.cli import inspect_command  # the advice holds: --verify names the file
+
+    verified = CliRunner().invoke(inspect_command, [str(store), "--verify"])
+    assert verified.exit_code == 1 and str(reader.ids[row]) in verified.output
 
 
 def test_evaluate_stops_at_a_corrupt_chunk_naming_it(store_url, checkpoint, tmp_path):
