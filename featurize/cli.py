@@ -67,6 +67,9 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
                    "percentiles ('inf': keep all).")
 @click.option("--time-chunk", type=int, default=1024, show_default=True,
               help="Image columns per Zarr chunk (new stores only).")
+@click.option("--shard-chunks", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Store this many image chunks per object (Zarr v3 sharding; fewer objects, slower crops with "
+                   "zarr 3.1); 1: one object per chunk (new stores only).")
 @click.option("--zstd-level", type=click.IntRange(0, 22), default=0, show_default=True,
               help="Compress image chunks with zstd at this level; 0 stores them raw (new stores only).")
 @click.option("--storage-options", default=None, callback=_json_object,
@@ -75,7 +78,7 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
                       workers: int | None, cluster_kind: str, jobs: int, cluster_config: str | None,
                       worker_wait: float, print_job_script: bool, serial: bool, redo_corrupt: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
                       min_duration: float, hop_lengths: tuple[int, int, int], time_resize: str,
-                      frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int,
+                      frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int, shard_chunks: int,
                       zstd_level: int, storage_options: dict | None, config_file: str | None,
                       empty_band_db: float) -> None:
     """Featurize every recording under AUDIO_DIR (a folder or an fsspec URL such as s3://bucket/audio)
@@ -102,7 +105,7 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
         click.echo(cluster.describe(client[0], dashboard=dashboard or cluster_kind != "local" or bool(scheduler)))
     _featurize(audio_dir, store, config, client, metadata=metadata, labels=labels, retry_failed=retry_failed,
                new_audio_root=new_audio_root, storage_options=storage_options, time_chunk=time_chunk,
-               zstd_level=zstd_level, redo_corrupt=redo_corrupt)
+               shard_chunks=shard_chunks, zstd_level=zstd_level, redo_corrupt=redo_corrupt)
 
 
 def _job_script(system: str, jobs: int, options: dict) -> str:

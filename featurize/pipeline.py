@@ -383,7 +383,7 @@ def reopen_corrupt(group: zarr.Group, store_url: str, storage_options: dict[str,
 def featurize_store(audio_root: str | Path, store_url: str, *, config: FeaturizerConfig | None = None,
                     metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
-                    time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0,
+                    time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0, shard_chunks: int = 1,
                     new_audio_root: bool = False, only: Sequence[str] | None = None, redo_corrupt: bool = False,
                     progress: Callable[[RunSummary], Any] | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
@@ -410,18 +410,19 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                         describe_holder(lock.took_over))
         return _featurize_locked(labelling, audio_root, store_url, config, lock, started, client=client,
                                  retry_failed=retry_failed, storage_options=storage_options, time_chunk=time_chunk,
-                                 zstd_level=zstd_level, new_audio_root=new_audio_root, redo_corrupt=redo_corrupt,
+                                 zstd_level=zstd_level, shard_chunks=shard_chunks, new_audio_root=new_audio_root, redo_corrupt=redo_corrupt,
                                  progress=progress)
 
 
 def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig,
                       lock: StoreLock, started: float, *, client: Any, retry_failed: bool,
-                      storage_options: dict[str, Any] | None, time_chunk: int, zstd_level: int,
+                      storage_options: dict[str, Any] | None, time_chunk: int, zstd_level: int, shard_chunks: int,
                       new_audio_root: bool, redo_corrupt: bool,
                       progress: Callable[[RunSummary], Any] | None) -> RunSummary:
     """:func:`featurize_store` once the run holds the store's lock."""
     group, rows = prepare_store(labelling, audio_root, store_url, config, new_audio_root=new_audio_root,
-                                storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level)
+                                storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level,
+                                shard_chunks=shard_chunks)
     notes = list(labelling.notes) + reopen_incomplete(group)
     if redo_corrupt:
         notes += reopen_corrupt(group, store_url, storage_options)

@@ -92,12 +92,13 @@ def _vector(group: zarr.Group, name: str, dims: tuple[str, ...], dtype: str, fil
 
 
 def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dict[str, Any] | None = None,
-                     time_chunk: int = DEFAULT_TIME_CHUNK, zstd_level: int = 0,
+                     time_chunk: int = DEFAULT_TIME_CHUNK, zstd_level: int = 0, shard_chunks: int = 1,
                      audio_root: str = "") -> zarr.Group:
     """Create the store, or reopen one written with the same config.
 
-    ``time_chunk`` (image columns per chunk) and ``zstd_level`` (0: no compression) apply to a
-    new store only; a reopened store keeps its own.
+    ``time_chunk`` (image columns per chunk), ``zstd_level`` (0: no compression) and
+    ``shard_chunks`` (chunks per stored object along time, Zarr v3 sharding; 1: one object per
+    chunk) apply to a new store only; a reopened store keeps its own.
 
     Raises :class:`StoreMismatch` (one line, naming the differing fields) if the store exists
     with another config, so images made two ways never mix.
@@ -112,10 +113,10 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
                                 "(nothing there was touched)") from None
     if group is not None and len(list(group.keys())) + len(dict(group.attrs)) > 0:
         return _reopen(group, url, config)
-    if time_chunk <= 0:
-        raise ValueError("time_chunk must be positive")
+    if time_chunk <= 0 or shard_chunks <= 0:
+        raise ValueError("time_chunk and shard_chunks must be positive")
     group = zarr.open_group(url, mode="w-", zarr_format=3, **kwargs)  # "w-": never delete anything
-    _create_arrays(group, config, time_chunk=time_chunk, zstd_level=zstd_level)
+    _create_arrays(group, config, time_chunk=time_chunk, zstd_level=zstd_level, shard_chunks=shard_chunks)
     group.attrs.update({
         "schema_version": schema.SCHEMA_VERSION,
         "featurizer_config": config.to_dict(),
@@ -145,11 +146,20 @@ def _reopen(group: zarr.Group, url: str, config: FeaturizerConfig) -> zarr.Group
     return group
 
 
-def _create_arrays(group: zarr.Group, config: FeaturizerConfig, *, time_chunk: int, zstd_level: int) -> None:
-    """The empty arrays of a new store (layout in :mod:`shared.schema`)."""
+def _create_arrays(group: zarr.Group, config: FeaturizerConfig, *, time_chunk: int, zstd_level: int,
+                   shard_chunks: int = 1) -> None:
+    """The empty arrays of a new store (layout in :mod:`shared.schema`).
+
+    With ``shard_chunks > 1`` the image's chunks are stored ``shard_chunks`` to an object
+    (``sharding_indexed``; the codecs then apply to each inner chunk, and the shard index gets
+    its own crc32c). One object per chunk is the default: with zarr-python 3.1 a crop read from a
+    shard costs several requests in a row (bench/layout.py, README).
+    """
     channels, height = len(config.fft_windows), config.image_height
+    chunks = (1, channels, height, time_chunk)
     group.create_array(
-        schema.IMAGE, shape=(0, channels, height, 0), chunks=(1, channels, height, time_chunk),
+        schema.IMAGE, shape=(0, channels, height, 0), chunks=chunks,
+        shards=chunks[:3] + (time_chunk * shard_chunks,) if shard_chunks > 1 else None,
         dtype="uint8", fill_value=0, dimension_names=schema.IMAGE_DIMS, compressors=_compressors(zstd_level),
     ).attrs.update({"long_name": "multiscale log-spectrogram image (R, G, B = FFT windows)",
                     "valid_width": "n_frames"})
@@ -331,6 +341,9 @@ def write_image(url: str, index: int, width: int,
     # write's CPU (measured: 0.42 vs 0.21 s per 58 MB)
     image = image.with_config({"write_empty_chunks": True})
     chunk, extent = image.chunks[3], image.shape[3]
+    # each write call covers whole stored objects: a shard written in parts would be read back and
+    # rewritten for every part (twice the bytes written, bench/layout.py)
+    call_columns = image.shards[3] if image.shards else WRITE_CHUNKS * chunk
     if width > extent:
         raise WidthExceedsStore(width)
     pending: list[np.ndarray] = []
@@ -353,6 +366,6 @@ def write_image(url: str, index: int, width: int,
         if not pending:
             pending_start = start
         pending.append(pixels)
-        if len(pending) == WRITE_CHUNKS:  # a few chunks per call: zarr encodes them concurrently
+        if (start + chunk) % call_columns == 0:  # a few chunks per call: zarr encodes them concurrently
             flush()
     flush()

@@ -203,4 +203,25 @@ def test_verify_names_every_bad_file_and_redo_corrupt_rewrites_exactly_those(sma
     assert result.exit_code == 0 and result.stdout.strip().endswith("all sound"), result.output
 
 
+def test_a_sharded_store_holds_the_same_images_and_verify_repairs_it(small_corpus, tmp_path, clean_store):
+    url = tmp_path / "sharded.zarr"
+    featurize_store(small_corpus, str(url), config=SMALL, labels="folders", time_chunk=256, shard_chunks=2)
+    image = zarr.open_array(str(url / "image"), mode="r")
+    assert image.shards == (1, 3, 299, 512) and image.chunks == (1, 3, 299, 256)
+    same_store(str(url), clean_store)
+    assert len(list((url / "image" / "c" / "0" / "0" / "0").iterdir())) <= 3  # <= 1196 px: 3 objects, not 5
+    shard = url / "image" / "c" / "1" / "0" / "0" / "1"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    from featurize.verify import verify_store
+
+    (problem,) = verify_store(str(url)).problems
+    assert problem.row == 1 and problem.reason.startswith("columns 512-1023 unreadable")
+    summary = featurize_store(small_corpus, str(url), config=SMALL, labels="folders", redo_corrupt=True)
+    assert (summary.submitted, summary.done) == (1, 1)
+    assert verify_store(str(url)).problems == ()
+    same_store(str(url), clean_store)
+
+
 from test_object_storage import s3_endpoint  # noqa: E402,F401  (the moto server fixture)
