@@ -45,3 +45,6 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/augment.py
 	$(PY) bench/predict.py
 	$(PY) bench/localize.py
+	$(PY) bench/scale.py
+	$(PY) bench/layout.py
+	$(PY) bench/long_recording.py --hours 1 10

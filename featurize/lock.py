@@ -18,8 +18,9 @@ holds only Zarr objects.
   the lock is still its own and stops the run if it is not.
 * **Per-file fields** (status, n_frames, duration...) live in chunks of 4,096 files, so writing
   one file's fields rewrites its neighbours'. On a file system, :func:`fields_lock` serialises
-  those read-modify-writes between processes (an OS lock on ``STORE.fields.lock``), so two
-  writers never lose each other's fields; on an object store the run's lock keeps writers apart.
+  those read-modify-writes between processes (an OS lock on ``STORE.fields.lock``, deleted at
+  the end of the run), so two writers never lose each other's fields; on an object store the
+  run's lock keeps writers apart.
 """
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ class StoreLock:
 
     def release(self) -> None:
         if self._fd is not None:  # delete while still holding it, so no one locks a file about to vanish
+            remove_fields_lock(self.url)
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
             fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
@@ -240,22 +242,49 @@ def _read_remote(filesystem: Any, path: str) -> dict[str, Any]:
         return {}
 
 
+def _lock_file(path: Path) -> int:
+    """An fd holding a blocking OS lock on ``path``, the file the path names once the lock is held
+    (a file deleted while we waited is replaced by a new one, locked in turn)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def fields_lock(group: Any) -> Iterator[None]:
     """Hold an OS lock on ``STORE.fields.lock`` while per-file fields are rewritten.
 
     Only for stores on a file system (zarr ``LocalStore``); elsewhere nothing is locked here and
-    the run's :class:`StoreLock` keeps writers apart. The file stays (it is tiny): deleting it
-    could let two writers lock two different files.
+    the run's :class:`StoreLock` keeps writers apart. The run deletes the file at its end, under
+    this same lock (:func:`remove_fields_lock`), so no writer is ever inside when it goes.
     """
     root = getattr(group.store, "root", None)
     if root is None or not Path(root).is_dir():
         yield
         return
-    fd = os.open(lock_url(str(root), ".fields.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lock_file(Path(lock_url(str(root), ".fields.lock")))
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def remove_fields_lock(url: str) -> None:
+    """Delete ``STORE.fields.lock`` while holding it (a writer waiting on the old file then retries)."""
+    path = Path(lock_url(str(local_path(url)), ".fields.lock"))
+    if not path.exists():
+        return
+    fd = _lock_file(path)
+    try:
+        path.unlink()
     finally:
         fcntl.lockf(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -209,9 +209,9 @@ class RunSummary:
 
     def progress_line(self, elapsed: float) -> str:
         """``done, failed, left`` and the audio hours featurized per second, for progress displays."""
-        rate = self.audio_seconds / 3600 / elapsed if elapsed > 0 else 0.0
+        rate = self.audio_seconds / elapsed if elapsed > 0 else 0.0
         return (f"{self.done} done, {self.failed} failed, {self.submitted - self.finished}"
-                f" left; {rate:.3f} h of audio/s")
+                f" left; {rate / 3600:.3f} h of audio/s ({rate:.0f}x real time)")
 
     def add_failure(self, file_id: str, reason: str) -> None:
         self.failed += 1

@@ -224,4 +224,30 @@ def test_a_sharded_store_holds_the_same_images_and_verify_repairs_it(small_corpu
     same_store(str(url), clean_store)
 
 
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path):
+    from featurize.cluster import close_client, local_client
+    from featurize.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data", n_species=2, files_per_species=4, min_seconds=10, max_seconds=30, seed=5)
+    audio = tmp_path / "data" / "audio"
+    clean = str(tmp_path / "clean.zarr")
+    featurize_store(audio, clean, config=SMALL, labels="none")
+    client = local_client(2)
+    killed = []
+
+    def kill_a_worker(summary):
+        if summary.finished == 2 and not killed:  # the other worker is busy with a file: kill it mid-task
+            pids = client.run(os.getpid)
+            killed.append(max(pids.values()))
+            os.kill(killed[0], signal.SIGKILL)
+
+    try:
+        url = str(tmp_path / "s.zarr")
+        summary = featurize_store(audio, url, config=SMALL, labels="none", client=client, progress=kill_a_worker)
+    finally:
+        close_client(client, own_cluster=True)
+    assert killed and summary.done == 8 and summary.failed == 0
+    same_store(url, clean)
+
+
 from test_object_storage import s3_endpoint  # noqa: E402,F401  (the moto server fixture)
