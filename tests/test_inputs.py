@@ -74,6 +74,100 @@ def test_an_mp3_without_a_frame_count_promises_nothing(tmp_path):
     assert estimate > 1.1 * decode(path, sample_rate=SR).samples.size
 
 
+def test_an_mp3_decodes_the_same_in_blocks_as_in_one_read(tmp_path):
+    """soundfile seeks after every read, and mpg123 re-enters a VBR stream there without the
+    frame before: some 560 samples after each block boundary (65,536 frames) came out wrong."""
+    signal = tone(1000.0, 10.0) + noise(10.0)
+    path = write(tmp_path / "a.mp3", signal, **CODECS["mp3"], bitrate_mode="VARIABLE", compression_level=0.5)
+    in_one_read, _ = soundfile.read(str(path), dtype="float32")  # one call; its seek to 0 moves the last bits
+    np.testing.assert_allclose(decode(path, sample_rate=SR).samples, in_one_read, atol=1e-6)
+
+
+MPEG2_LAYER3_KBPS = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)  # by bitrate index
+
+
+def id3v2_tag(title: str, *, padding: int) -> bytes:
+    """An ID3v2.3 tag as tagging tools put before the first frame: a title (TIT2), then
+    ``padding`` zero bytes (room left for edits; cover art makes tags as large)."""
+    frame = b"TIT2" + (len(title) + 1).to_bytes(4, "big") + b"\0\0" + b"\0" + title.encode("latin-1")
+    size = len(frame) + padding
+    return b"ID3\3\0\0" + bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0)) + frame + bytes(padding)
+
+
+def without_xing_frame(path: Path, *, prefix: bytes = b"") -> Path:
+    """Copy of a 22,050 Hz MP3 from soundfile with its first frame, the Xing/Info header, cut out
+    (what an old encoder or a stream cut from a recorder looks like), behind ``prefix``."""
+    data = path.read_bytes()
+    header = int.from_bytes(data[:4], "big")
+    assert header >> 21 == 0x7FF and (header >> 19) & 3 == 2 and (header >> 17) & 3 == 1  # MPEG-2 layer III
+    assert (header >> 10) & 3 == 0 and (b"Xing" in data[4:40] or b"Info" in data[4:40])  # 22,050 Hz
+    length = 72_000 * MPEG2_LAYER3_KBPS[(header >> 12) & 15] // SR + ((header >> 9) & 1)
+    assert int.from_bytes(data[length : length + 2], "big") >> 5 == 0x7FF  # the next frame starts there
+    stripped = path.with_name(f"{path.stem}-no-xing.mp3")
+    stripped.write_bytes(prefix + data[length:])
+    return stripped
+
+
+def aligned(longer: np.ndarray, reference: np.ndarray, max_lag: int) -> int:
+    """The lag (0 to ``max_lag`` samples) at which ``reference`` best matches ``longer``'s first second."""
+    window = reference[SR // 2 : SR]
+    errors = [np.abs(longer[lag + SR // 2 : lag + SR] - window).max() for lag in range(max_lag + 1)]
+    return int(np.argmin(errors))
+
+
+ENCODER_SLACK = 2 * 1152  # the encoder's delay (LAME: 576, decoder 529) and end padding: only a LAME tag trims them
+
+
+@pytest.mark.parametrize("bitrate_mode,prefix", [("VARIABLE", b""), ("CONSTANT", b""),
+                                                 ("VARIABLE", id3v2_tag("wren at dawn", padding=200_000))],
+                         ids=["vbr", "cbr", "vbr-id3v2-200kB"])
+def test_an_mp3_without_its_xing_header_keeps_all_its_audio(tmp_path, bitrate_mode, prefix):
+    """libsndfile stops an MP3 without a frame count at its size/bitrate estimate: for this VBR
+    file, 38 % of it. Every frame decodes now, the same samples as with the header."""
+    signal = tone(1000.0, 10.0) + noise(10.0)
+    path = write(tmp_path / "a.mp3", signal, **CODECS["mp3"], bitrate_mode=bitrate_mode, compression_level=0.5)
+    reference = decode(path, sample_rate=SR)  # with its header: the encoder's delay and padding trimmed
+    assert reference.samples.size == signal.size and reference.warning == ""
+    stripped = without_xing_frame(path, prefix=prefix)
+    if bitrate_mode == "VARIABLE" and not prefix:  # what libsndfile alone keeps (a tag's bytes count too)
+        assert soundfile.info(str(stripped)).frames < 0.5 * signal.size
+    decoded = decode(stripped, sample_rate=SR)
+    assert decoded.warning == ""
+    assert signal.size <= decoded.samples.size <= signal.size + ENCODER_SLACK
+    assert decoded.duration == pytest.approx(decoded.samples.size / SR)
+    lag = aligned(decoded.samples, reference.samples, ENCODER_SLACK)
+    assert decoded.samples.size - lag >= reference.samples.size  # nothing missing at the end
+    np.testing.assert_allclose(decoded.samples[lag : lag + reference.samples.size], reference.samples, atol=1e-6)
+
+
+def test_a_cut_mp3_without_its_xing_header_keeps_what_decoded_and_warns(tmp_path):
+    """Read to the end, mpg123 reports the last frame cut short (a cut exactly between frames
+    cannot be told from an intact file: nothing says how long it was)."""
+    signal = tone(1000.0, 10.0) + noise(10.0)
+    stripped = without_xing_frame(write(tmp_path / "a.mp3", signal, **CODECS["mp3"]))
+    whole = decode(stripped, sample_rate=SR)
+    data = stripped.read_bytes()
+    stripped.write_bytes(data[: len(data) // 2])
+    cut = decode(stripped, sample_rate=SR)
+    assert cut.warning.startswith(f"truncated or corrupt after {cut.duration:.1f} s (")
+    assert cut.warning.endswith("kept that part") and "\n" not in cut.warning
+    assert 3.5 < cut.duration < 5.5  # VBR spends its bytes unevenly: "about half" of 10 s
+    assert cut.samples.size > soundfile.info(str(stripped)).frames  # libsndfile's estimate: 2 s
+    np.testing.assert_array_equal(cut.samples, whole.samples[: cut.samples.size])
+
+
+def test_a_frame_count_only_mpg123_reads_is_still_used(tmp_path, monkeypatch):
+    """Should mpg123 find a frame count that ``_mp3_counts_frames`` misses, the pipe's stream
+    is seekable, and a soundfile read, which seeks after reading, would fail on it."""
+    import featurize.audio
+
+    signal = tone(1000.0, 3.0) + noise(3.0)
+    path = write(tmp_path / "a.mp3", signal, **CODECS["mp3"])
+    monkeypatch.setattr(featurize.audio, "_mp3_counts_frames", lambda path: False)
+    decoded = decode(path, sample_rate=SR)
+    assert decoded.warning == "" and decoded.samples.size == signal.size
+
+
 @pytest.mark.parametrize("extension", ["ogg", "opus"])
 def test_an_ogg_cut_between_pages_warns(tmp_path, extension):
     """Cut exactly where a page starts: every page is whole, but none carries end-of-stream."""
