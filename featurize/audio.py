@@ -6,9 +6,9 @@ about one copy of the output signal; a signal longer than :data:`DISK_SIGNAL_SEC
 to a temporary file instead and returned as a read-only array over its memory map
 (:mod:`featurize.signal`), so memory no longer grows with a recording's length. An MP3 without a
 Xing/Info/VBRI frame count is read through a pipe, where libsndfile has no length estimate to stop
-at (:func:`_mp3_stream`). audioread
-(ffmpeg, gstreamer or the platform's decoder) is the fallback for anything libsndfile cannot
-open (m4a/aac, for one); a URL source is decoded from a local temporary copy.
+at (:func:`_mp3_stream`). audioread (ffmpeg, gstreamer or the platform's decoder) is the
+fallback for anything libsndfile cannot open (m4a/aac, for one); a URL source is decoded from a
+local temporary copy.
 """
 
 from __future__ import annotations
