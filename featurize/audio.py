@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featurize.signal import SignalWriter
-from shared.text import one_line
+from shared.text import one_line, redact
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma")
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")  # what libsndfile reads
@@ -40,12 +39,6 @@ DISK_SIGNAL_SECONDS = 600.0
 def is_url(path: str | Path) -> bool:
     """True for an fsspec URL (``s3://bucket/key``, ``gs://...``, ``https://...``), not a local path."""
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
-
-
-def redact(text: str) -> str:
-    """``text`` with the user and password of any ``scheme://user:password@host`` removed, for
-    messages and logs (keys passed in storage options never appear in a message at all)."""
-    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1", text)
 
 
 class DecodeError(RuntimeError):

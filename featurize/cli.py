@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from shared.config import RESIZE_METHODS, FeaturizerConfig
-from shared.text import parse_json_option
+from shared.text import one_line, parse_json_option, redact, refuse_credentials_in_url
 
 _DEFAULT = FeaturizerConfig()
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an unexpected exception into one line (credentials in URLs removed) instead of a
+    traceback; ``SOUNDCEPTION_DEBUG=1`` keeps the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            if os.environ.get("SOUNDCEPTION_DEBUG"):
+                raise
+            raise click.ClickException(f"{type(error).__name__}: {redact(one_line(error))} "
+                                       "(SOUNDCEPTION_DEBUG=1 shows where)") from None
+
+    return wrapper
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -> dict | None:
@@ -74,6 +96,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
               help="Compress image chunks with zstd at this level; 0 stores them raw (new stores only).")
 @click.option("--storage-options", default=None, callback=_json_object,
               help="fsspec options as JSON, e.g. an S3 endpoint.")
+@one_line_errors
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
                       workers: int | None, cluster_kind: str, jobs: int, cluster_config: str | None,
                       worker_wait: float, print_job_script: bool, serial: bool, redo_corrupt: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
@@ -96,16 +119,46 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
         if print_job_script:
             click.echo(_job_script(cluster_kind, jobs, options))
             return
+    except cluster.ClusterError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        for what, url in (("AUDIO_DIR", audio_dir), ("--store", store), ("--metadata", metadata or "")):
+            refuse_credentials_in_url(url, what)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    lock = _take_store(store, storage_options)  # before any cluster starts or job is submitted
+    client = None
+    try:
         client = None if serial else cluster.start_client(
             scheduler=scheduler, system=cluster_kind, jobs=jobs, cluster_options=options, workers=workers,
             dashboard=dashboard, wait_seconds=worker_wait)
+        if client is not None:
+            click.echo(cluster.describe(client[0], dashboard=dashboard or cluster_kind != "local" or bool(scheduler)))
+        _featurize(audio_dir, store, config, client, lock=lock, metadata=metadata, labels=labels,
+                   retry_failed=retry_failed, new_audio_root=new_audio_root, storage_options=storage_options,
+                   time_chunk=time_chunk, shard_chunks=shard_chunks, zstd_level=zstd_level, redo_corrupt=redo_corrupt)
     except cluster.ClusterError as error:
         raise click.ClickException(str(error)) from None
-    if client is not None:
-        click.echo(cluster.describe(client[0], dashboard=dashboard or cluster_kind != "local" or bool(scheduler)))
-    _featurize(audio_dir, store, config, client, metadata=metadata, labels=labels, retry_failed=retry_failed,
-               new_audio_root=new_audio_root, storage_options=storage_options, time_chunk=time_chunk,
-               shard_chunks=shard_chunks, zstd_level=zstd_level, redo_corrupt=redo_corrupt)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: files finished so far are kept in {redact(store)}; rerun the same command to "
+                   "featurize the rest", err=True)
+        raise SystemExit(130) from None
+    finally:
+        if client is not None:
+            cluster.close_client(client[0], own_cluster=client[1])
+        lock.release()
+
+
+def _take_store(store: str, storage_options: dict | None) -> Any:
+    """Check the ``--store`` place and take its lock, or stop with one line."""
+    from featurize.lock import StoreLock, StoreLocked
+    from featurize.store import StoreMismatch, check_location
+
+    try:
+        check_location(store, storage_options)
+        return StoreLock(store, storage_options).acquire()
+    except (StoreMismatch, StoreLocked, PermissionError, FileNotFoundError, ValueError) as error:
+        raise click.ClickException(redact(str(error))) from None
 
 
 def _job_script(system: str, jobs: int, options: dict) -> str:
@@ -123,11 +176,10 @@ def _job_script(system: str, jobs: int, options: dict) -> str:
 
 
 def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tuple | None, **options: Any) -> None:
-    """Run the featurize library call with a progress display; Ctrl-C stops it with one line."""
+    """Run the featurize library call with a progress display."""
     import gc
     import logging
 
-    from featurize import cluster
     from featurize.lock import StoreLocked
     from featurize.pipeline import featurize_store
     from featurize.store import StoreMismatch
@@ -146,20 +198,13 @@ def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tup
         bar.update(summary.finished)
 
     gc.freeze()  # what is loaded now lives until exit: spare the collector walking it (0.2 s at exit)
-    dask_client, own_cluster = client if client is not None else (None, False)
     try:
-        summary = featurize_store(audio_dir, store, config=config, client=dask_client, progress=progress, **options)
-    except KeyboardInterrupt:
-        bar.close()
-        click.echo(f"interrupted: files finished so far are kept in {store}; rerun the same command to "
-                   "featurize the rest", err=True)
-        raise SystemExit(130) from None
+        summary = featurize_store(audio_dir, store, config=config, client=client[0] if client else None,
+                                  progress=progress, **options)
     except (StoreMismatch, StoreLocked, FileNotFoundError, PermissionError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(redact(str(error))) from None
     finally:
         bar.close()
-        if dask_client is not None:
-            cluster.close_client(dask_client, own_cluster=own_cluster)
     for line in summary.lines():
         click.echo(line)
 
@@ -192,6 +237,7 @@ def _config(config_file: str | None, **options: Any) -> FeaturizerConfig:
               help="Read every image object of every done file, check checksums and widths, name bad files "
                    "(exit status 1 if any).")
 @click.option("--storage-options", default=None, callback=_json_object, help="fsspec options as JSON.")
+@one_line_errors
 def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, verify: bool,
                     storage_options: dict | None) -> None:
     """Summarize a feature store, list its failures, verify it or draw one file's image."""
@@ -209,7 +255,7 @@ def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, verif
         with Progress(len(opened.done_indices()), desc="verify", unit="file") as bar:
             report = verify_store(store, storage_options, progress=lambda checked, total: bar.update(checked))
         click.echo("\n".join(report_lines(report, store)))
-        if report.problems:
+        if not report.sound:
             raise SystemExit(1)
     elif failed:
         lines = failure_lines(opened)

@@ -37,6 +37,8 @@ WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 1 << 25, "MALLOC_TRIM_THRESHOLD_": 1 
 _MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
 
 BATCH_SYSTEMS = ("slurm", "pbs")
+# dask-jobqueue options that are lists of lines
+LIST_OPTIONS = ("job_script_prologue", "job_extra_directives", "job_directives_skip", "worker_extra_args")
 
 
 class ClusterError(RuntimeError):
@@ -164,6 +166,9 @@ def connect(address: str, *, timeout: float = 30.0) -> Any:
 
     try:
         client = Client(address, timeout=timeout)
+    except ValueError as error:
+        raise ClusterError(f"--scheduler {address}: not a scheduler address ({error}); expected tcp://HOST:PORT, "
+                           "as `dask scheduler` prints") from None
     except (OSError, TimeoutError) as error:
         raise ClusterError(f"cannot reach the dask scheduler at {address} within {timeout:g} s "
                            f"({type(error).__name__}); is it running?") from None
@@ -179,7 +184,10 @@ def read_cluster_config(path: str | Path | None) -> dict[str, Any]:
     """
     if path is None:
         return {}
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ClusterError(f"{path}: not UTF-8 text (byte {error.start})") from None
     try:
         if Path(path).suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -194,6 +202,11 @@ def read_cluster_config(path: str | Path | None) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ClusterError(f"{path}: a cluster config is a mapping of dask-jobqueue options")
+    for name in LIST_OPTIONS:  # one line given as a string, not a list of characters
+        if isinstance(data.get(name), str):
+            data[name] = [data[name]]
+        elif name in data and not (isinstance(data[name], list) and all(isinstance(v, str) for v in data[name])):
+            raise ClusterError(f"{path}: {name} must be a list of lines")
     return data
 
 

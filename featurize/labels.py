@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from featurize.audio import AUDIO_EXTENSIONS, is_url, redact
+from featurize.audio import AUDIO_EXTENSIONS, is_url
+from shared.text import redact
 
 LABEL_SOURCES = ("auto", "xml", "csv", "folders", "none")
 

@@ -109,6 +109,7 @@ class StoreLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str = ""  # set by the heartbeat when another run took the lock
+        self._refreshed = 0.0  # time.monotonic() of the last refresh of an object-store lock
 
     def __enter__(self) -> "StoreLock":
         self.acquire()
@@ -119,7 +120,8 @@ class StoreLock:
 
     # -- file systems -------------------------------------------------------------------------
     def _acquire_local(self) -> None:
-        path = local_path(lock_url(self.url))
+        # one lock per real place: symbolic links, "." and ".." resolved
+        path = Path(lock_url(str(local_path(self.url).resolve())))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             while True:
@@ -166,37 +168,60 @@ class StoreLock:
 
     def _acquire_remote(self) -> None:
         filesystem, path = self._filesystem()
-        for _ in range(2):
+        for _ in range(5):
             try:
                 with filesystem.open(path, "xb") as handle:
                     handle.write(json.dumps(_holder(self.token)).encode())
                 break
             except FileExistsError:
                 holder = _read_remote(filesystem, path)
+                if holder is None:  # released as we looked: try again
+                    continue
                 if holder and not is_stale(holder, stale_seconds=self.stale_seconds):
                     raise StoreLocked(f"{self.url} is in use by another featurize run ({describe(holder)}); wait "
                                       "for it to finish or stop it, then rerun") from None
-                self.took_over = holder or {}
+                if _read_remote(filesystem, path) != holder:  # someone else is taking it over right now
+                    continue
+                self.took_over = holder
                 with contextlib.suppress(FileNotFoundError):
                     filesystem.rm(path)
         else:
-            raise StoreLocked(f"{self.url}: another run took the store's stale lock at the same time; rerun")
+            raise StoreLocked(f"{self.url}: another run took the store's lock at the same time; rerun")
+        # two runs taking over one stale lock can both get this far (a delete cannot be made
+        # conditional here): the later delete removed the earlier lock, so after a pause only
+        # the run whose record is still there goes on
+        time.sleep(min(1.0, self.heartbeat_seconds))
+        holder = _read_remote(filesystem, path)
+        if not holder or holder.get("token") != self.token:
+            raise StoreLocked(f"{self.url}: another run took the store's lock at the same time"
+                              + (f" ({describe(holder)})" if holder else "") + "; rerun")
+        self._refreshed = time.monotonic()
         self._thread = threading.Thread(target=self._heartbeat, name="soundception-lock", daemon=True)
         self._thread.start()
 
     def _heartbeat(self) -> None:
+        """Refresh the lock every ``heartbeat_seconds``; a network error is retried, but a lock not
+        refreshed for half the stale time (another run may soon take it) counts as lost."""
         filesystem, path = self._filesystem()
         while not self._stop.wait(self.heartbeat_seconds):
-            holder = _read_remote(filesystem, path)
-            if holder.get("token") != self.token:
-                self.lost = describe(holder) if holder else "nobody (the lock was deleted)"
-                return
-            holder["heartbeat"] = time.time()
-            with filesystem.open(path, "wb") as handle:
-                handle.write(json.dumps(holder).encode())
+            try:
+                holder = _read_remote(filesystem, path)
+                if not holder or holder.get("token") != self.token:
+                    self.lost = describe(holder) if holder else "nobody (the lock was deleted)"
+                    return
+                holder["heartbeat"] = time.time()
+                with filesystem.open(path, "wb") as handle:
+                    handle.write(json.dumps(holder).encode())
+                self._refreshed = time.monotonic()
+            except Exception:  # the network: try again at the next beat (check() watches the time)
+                continue
 
     def check(self) -> None:
-        """Raise :class:`StoreLocked` if the heartbeat found another run holding the lock."""
+        """Raise :class:`StoreLocked` if the heartbeat found another run holding the lock, or could
+        not refresh it for half the stale time (another run may soon take it over)."""
+        if not self.lost and self._thread is not None and \
+                time.monotonic() - self._refreshed > self.stale_seconds / 2:
+            self.lost = "unknown (the lock could not be refreshed)"
         if self.lost:
             raise StoreLocked(f"{self.url}: this run lost the store's lock (now held by {self.lost}); "
                               "stopped so that two runs never write together")
@@ -219,12 +244,14 @@ class StoreLock:
             self._fd = None
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            self._thread.join(timeout=5.0)  # a beat stuck on the network is a daemon: not waited for
             self._thread = None
-            filesystem, path = self._filesystem()
-            if not self.lost and _read_remote(filesystem, path).get("token") == self.token:
-                with contextlib.suppress(FileNotFoundError):
+            try:
+                filesystem, path = self._filesystem()
+                if not self.lost and (_read_remote(filesystem, path) or {}).get("token") == self.token:
                     filesystem.rm(path)
+            except Exception:  # unreachable now: the lock goes stale on its own (STALE_SECONDS)
+                pass
 
 
 def _read_json(data: bytes) -> dict[str, Any]:
@@ -235,11 +262,12 @@ def _read_json(data: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _read_remote(filesystem: Any, path: str) -> dict[str, Any]:
+def _read_remote(filesystem: Any, path: str) -> dict[str, Any] | None:
+    """The lock record at ``path``; ``{}`` if unreadable, None if there is no lock."""
     try:
         return _read_json(filesystem.cat_file(path))
     except FileNotFoundError:
-        return {}
+        return None
 
 
 def _lock_file(path: Path) -> int:
@@ -269,7 +297,7 @@ def fields_lock(group: Any) -> Iterator[None]:
     if root is None or not Path(root).is_dir():
         yield
         return
-    fd = _lock_file(Path(lock_url(str(root), ".fields.lock")))
+    fd = _lock_file(Path(lock_url(str(Path(root).resolve()), ".fields.lock")))
     try:
         yield
     finally:
@@ -279,7 +307,7 @@ def fields_lock(group: Any) -> Iterator[None]:
 
 def remove_fields_lock(url: str) -> None:
     """Delete ``STORE.fields.lock`` while holding it (a writer waiting on the old file then retries)."""
-    path = Path(lock_url(str(local_path(url)), ".fields.lock"))
+    path = Path(lock_url(str(local_path(url).resolve()), ".fields.lock"))
     if not path.exists():
         return
     fd = _lock_file(path)

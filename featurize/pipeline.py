@@ -15,6 +15,7 @@ The driver never imports the image code (scipy.fft): only workers (or ``client=N
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -372,6 +373,9 @@ def reopen_corrupt(group: zarr.Group, store_url: str, storage_options: dict[str,
     """Verify the store (:func:`featurize.verify.verify_store`) and mark every bad file ``pending``,
     its image objects deleted, so this run featurizes exactly those again; returns notes."""
     report = verify_store(store_url, storage_options)
+    if report.store_problems:
+        raise store_io.StoreMismatch(f"{store_url}: {report.store_problems[0]}; the store's own tables are damaged, "
+                                     "which --redo-corrupt cannot repair (nothing was rewritten)")
     rows = [problem.row for problem in report.problems]
     clear_images(group, rows)
     store_io.write_fields(group, {row: {"status": schema.PENDING, "error": ""} for row in rows})
@@ -385,7 +389,7 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
                     time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0, shard_chunks: int = 1,
                     new_audio_root: bool = False, only: Sequence[str] | None = None, redo_corrupt: bool = False,
-                    progress: Callable[[RunSummary], Any] | None = None) -> RunSummary:
+                    progress: Callable[[RunSummary], Any] | None = None, lock: StoreLock | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
     Files already ``done`` are skipped; ``failed`` ones are retried only with ``retry_failed``;
@@ -395,7 +399,9 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     None for the serial path. ``progress(summary)`` is called as each file finishes, with the
     run's :class:`RunSummary` so far. ``only``: featurize just these file ids (paths relative to
     ``audio_root``); the others under the root are left out of the store. ``redo_corrupt``: verify
-    every done file first (:mod:`featurize.verify`) and featurize the bad ones again.
+    every done file first (:mod:`featurize.verify`) and featurize the bad ones again. ``lock``: the
+    store's :class:`~featurize.lock.StoreLock`, when the caller took it already (it stays held);
+    otherwise the run takes it and releases it at the end.
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
@@ -403,8 +409,9 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     if only is not None:
         wanted = set(only)
         labelling = dataclasses.replace(labelling, recordings=[r for r in labelling.recordings if r.id in wanted])
-    store_io.check_location(store_url, storage_options)
-    with StoreLock(store_url, storage_options) as lock:
+    if lock is None:
+        store_io.check_location(store_url, storage_options)
+    with contextlib.nullcontext(lock) if lock is not None else StoreLock(store_url, storage_options) as lock:
         if lock.took_over:
             log.warning("took over %s's lock from a run that ended without releasing it (%s)", store_url,
                         describe_holder(lock.took_over))

@@ -225,6 +225,11 @@ def _repair_lengths(group: zarr.Group) -> None:
     n_files = len(ids)
     while n_files and not ids[n_files - 1]:
         n_files -= 1
+    done = np.flatnonzero(schema.as_strings(group["status"][...])[n_files:] == schema.DONE)
+    if done.size:  # not what a crash while registering leaves: ids were lost, never drop done work
+        raise StoreMismatch(f"the store's file ids are damaged: {done.size} row(s) marked done from row "
+                            f"{n_files + int(done[0])} on have no id; nothing was changed (restore the store's "
+                            "file/ array from a copy)")
     if n_files != file_array.shape[0]:
         file_array.resize((n_files,))
     for name in (*schema.PER_FILE, schema.IMAGE):

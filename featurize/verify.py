@@ -26,7 +26,7 @@ import zarr
 from zarr.core.sync import sync
 
 from shared import schema
-from shared.reader import FeatureStore
+from shared.reader import FeatureStore, StoreError
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,19 @@ class Problem:
 
 @dataclass(frozen=True)
 class Report:
-    """The outcome of :func:`verify_store`: files checked, objects and bytes read, and the problems."""
+    """The outcome of :func:`verify_store`: files checked, objects and bytes read, the bad files,
+    and damage to the store's own tables (``store_problems``, one line each)."""
 
     files: int
     objects: int
     bytes_read: int
     problems: tuple[Problem, ...]
+    store_problems: tuple[str, ...] = ()
+    audio_root: str = ""
+
+    @property
+    def sound(self) -> bool:
+        return not self.problems and not self.store_problems
 
 
 def object_columns(image: zarr.Array) -> int:
@@ -54,25 +61,68 @@ def object_columns(image: zarr.Array) -> int:
     return int((shards or image.chunks)[3])
 
 
+def _keys(group: zarr.Group, prefix: str) -> list[str]:
+    async def keys() -> list[str]:
+        return [key async for key in group.store.list_prefix(prefix)]
+
+    return sync(keys())
+
+
 def stored_objects(group: zarr.Group) -> dict[int, set[int]]:
     """``{row: {object index along time}}`` for every image object present in the store (one listing)."""
     pattern = re.compile(rf"^{schema.IMAGE}/c/(\d+)/\d+/\d+/(\d+)$")
-
-    async def keys() -> list[str]:
-        return [key async for key in group.store.list_prefix(f"{schema.IMAGE}/c/")]
-
     found: dict[int, set[int]] = {}
-    for key in sync(keys()):
+    for key in _keys(group, f"{schema.IMAGE}/c/"):
         match = pattern.match(key)
         if match:
             found.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
     return found
 
 
+def _missing_objects(group: zarr.Group, name: str, n_files: int) -> list[int]:
+    """Indices of ``name``'s chunks over rows ``[0, n_files)`` with no stored object."""
+    chunk = group[name].chunks[0]
+    present = {key.rsplit("/", 1)[-1] for key in _keys(group, f"{name}/c/")}
+    return [k for k in range(math.ceil(n_files / chunk)) if str(k) not in present]
+
+
+def table_problems(group: zarr.Group, table: dict[str, np.ndarray]) -> list[str]:
+    """Lost objects of the store's own tables. A chunk whose values all equal the fill value is
+    never stored, so a missing object is damage only where its values cannot all be the fill:
+    file ids are never empty, and a file with a width and duration is never ``pending`` unless
+    its status object was lost (all of them would be redone)."""
+    n_files = len(table["status"])
+    found = []
+    chunk = group[schema.FILE].chunks[0]
+    for k in _missing_objects(group, schema.FILE, n_files):
+        found.append(f"file ids: rows {k * chunk}-{min((k + 1) * chunk, n_files) - 1} lost")
+    chunk = group["status"].chunks[0]
+    for k in _missing_objects(group, "status", n_files):
+        rows = slice(k * chunk, min((k + 1) * chunk, n_files))
+        featurized = int(np.sum((table["n_frames"][rows] > 0) & np.isfinite(table["duration"][rows])))
+        if featurized:
+            found.append(f"status: rows {rows.start}-{rows.stop - 1} lost ({featurized} of them hold a width "
+                         "and duration)")
+    return found
+
+
+def _empty_objects(image: zarr.Array, row: int, objects: Iterable[int]) -> list[int]:
+    """Objects of ``row`` stored with 0 bytes (an empty shard reads as all black instead of failing)."""
+    async def sizes() -> list[int]:
+        return [await image.store_path.store.getsize(f"{image.path}/c/{row}/0/0/{k}") for k in objects]
+
+    return [k for k, size in zip(objects, sync(sizes())) if size == 0]
+
+
 def check_file(image: zarr.Array, row: int, width: int, present: set[int]) -> tuple[str, int]:
     """The first thing wrong with one done file's image ("" if none) and the bytes read."""
     span = object_columns(image)
     expected = set(range(math.ceil(width / span)))
+    if getattr(image, "shards", None):
+        empty = _empty_objects(image, row, sorted(expected & present))
+        if empty:
+            k = empty[0]
+            return f"{len(empty)} image object(s) empty (0 bytes), first columns {k * span}-{(k + 1) * span - 1}", 0
     missing, extra = sorted(expected - present), sorted(present - expected)
     if missing:
         k = missing[0]
@@ -102,9 +152,14 @@ def verify_store(url: str, storage_options: dict[str, Any] | None = None, *, thr
     is called as files finish.
     """
     store = FeatureStore(url, storage_options)
-    table = store.table
+    audio_root = str(store.attrs.get("audio_root", ""))
+    try:
+        table = store.table
+    except StoreError as error:
+        return Report(0, 0, 0, (), (str(error),), audio_root)
     image = store.group[schema.IMAGE]
     done = store.done_indices()
+    store_problems = table_problems(store.group, table)
     present = stored_objects(store.group)
     problems: list[Problem] = []
     totals = {"objects": 0, "bytes": 0}
@@ -124,7 +179,7 @@ def verify_store(url: str, storage_options: dict[str, Any] | None = None, *, thr
                 problems.append(Problem(row, str(store.ids[row]), reason))
             if progress:
                 progress(checked, len(done))
-    return Report(len(done), totals["objects"], totals["bytes"], tuple(problems))
+    return Report(len(done), totals["objects"], totals["bytes"], tuple(problems), tuple(store_problems), audio_root)
 
 
 def clear_images(group: zarr.Group, rows: Iterable[int]) -> int:
@@ -147,8 +202,16 @@ def report_lines(report: Report, url: str) -> list[str]:
     """What ``inspect --verify`` prints: a summary line, then one ``id<TAB>reason`` line per bad file."""
     head = (f"verified {report.files} done file(s): {report.objects} image object(s), "
             f"{report.bytes_read / 1e6:.1f} MB read")
-    if not report.problems:
+    if report.sound:
         return [head + "; all sound"]
-    return ([head + f"; {len(report.problems)} bad file(s):"]
-            + [f"{problem.file_id}\t{problem.reason}" for problem in report.problems]
-            + [f"featurize them again with: soundception featurize AUDIO_DIR --store {url} --redo-corrupt"])
+    lines = [f"store\t{problem}" for problem in report.store_problems]
+    if report.store_problems:
+        lines.append("the store's own tables are damaged: restore them from a copy, or featurize into a new store")
+    if report.problems:
+        lines = [head + f"; {len(report.problems)} bad file(s):"] + [
+            f"{problem.file_id}\t{problem.reason}" for problem in report.problems] + lines + [
+            f"featurize them again with: soundception featurize {report.audio_root or 'AUDIO_DIR'} --store {url} "
+            "--redo-corrupt"]
+    else:
+        lines = [head + ":"] + lines
+    return lines

@@ -40,7 +40,8 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
     """
     import posixpath
 
-    from featurize.audio import AUDIO_EXTENSIONS, is_url, redact
+    from featurize.audio import AUDIO_EXTENSIONS, is_url
+    from shared.text import redact
     from featurize.labels import discover_audio
 
     remote = {is_url(text) for text in inputs}

@@ -15,6 +15,7 @@ import zarr
 
 from shared import schema
 from shared.config import FeaturizerConfig
+from shared.text import one_line, refuse_credentials_in_url
 
 
 class StoreError(RuntimeError):
@@ -55,13 +56,24 @@ class FeatureStore:
         self.url = str(url)
         self.storage_options = storage_options
         try:
+            refuse_credentials_in_url(self.url)
+        except ValueError as error:
+            raise StoreError(str(error)) from None
+        try:
             # not the consolidated copy: the per-array metadata is the truth while a run is growing the store
             self.group = zarr.open_group(self.url, mode="r", use_consolidated=False, **open_options(storage_options))
         except Exception as error:  # zarr raises several types for "not a group"
-            raise StoreError(f"{self.url} is not a readable Zarr feature store ({error})") from None
+            raise StoreError(f"{self.url} is not a readable Zarr feature store ({one_line(error)})") from None
         attrs = dict(self.group.attrs)
-        if "featurizer_config" not in attrs or schema.IMAGE not in self.group:
+        if "featurizer_config" not in attrs:
             raise StoreError(f"{self.url} is a Zarr group but not a Soundception feature store")
+        try:
+            image = self.group[schema.IMAGE]
+        except KeyError:
+            raise StoreError(f"{self.url} is a Zarr group but not a Soundception feature store") from None
+        except Exception as error:  # its zarr.json is damaged
+            raise StoreError(f"{self.url}: the image array's metadata cannot be read ({one_line(error)}); "
+                             "the store is damaged") from None
         if attrs.get("schema_version") != schema.SCHEMA_VERSION:
             raise StoreError(
                 f"{self.url} has schema version {attrs.get('schema_version')}, "
@@ -70,7 +82,7 @@ class FeatureStore:
         self.attrs = attrs
         self.config = FeaturizerConfig.from_dict(attrs["featurizer_config"])
         self.config_hash: str = attrs["config_hash"]
-        self._image = self.group[schema.IMAGE]
+        self._image = image
 
     def __getstate__(self) -> dict[str, Any]:
         # Loader workers reopen the store themselves instead of pickling open handles.
@@ -80,8 +92,12 @@ class FeatureStore:
         self.__init__(state["url"], state["storage_options"])
 
     def _column(self, name: str) -> np.ndarray:
-        array = self.group[name]
-        values = np.asarray(array[...])
+        try:
+            values = np.asarray(self.group[name][...])
+        except Exception as error:  # a damaged chunk or zarr.json of a per-file or per-class array
+            raise StoreError(f"{self.url}: the per-file variable {name!r} cannot be read ({one_line(error)}); "
+                             "the store's table is damaged: restore it from a copy, or featurize into a new "
+                             "store") from None
         return schema.as_strings(values) if values.dtype.kind in "TOU" else values
 
     @cached_property

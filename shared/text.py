@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -57,3 +58,17 @@ def redact_options(options: dict[str, Any] | None) -> dict[str, Any] | None:
         else:
             clean[name] = value
     return clean
+
+
+def redact(text: str) -> str:
+    """``text`` with the user and password of any ``scheme://user:password@host`` removed, for
+    messages and logs (keys passed in storage options never appear in a message at all)."""
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1", text)
+
+
+def refuse_credentials_in_url(url: str, what: str = "--store") -> None:
+    """Raise ``ValueError`` (one line, the credentials masked) for ``scheme://user:secret@...``:
+    such a URL would carry its secret into every message, log and config that names it."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*@", str(url)):
+        raise ValueError(f"{what} {redact(str(url))}: credentials in a URL are not accepted; give them in the "
+                         "environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or --storage-options")

@@ -260,3 +260,36 @@ def test_ctrl_c_prints_one_line_and_the_rerun_keeps_finished_files(tmp_path):
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{int(done.sum())} already done, skipped" in rerun.stdout
+
+
+def test_a_locked_store_is_refused_before_any_job_is_submitted(batch_system, small_corpus, tmp_path):
+    from test_store_faults import hold_lock
+
+    store = tmp_path / "s.zarr"
+    holder = hold_lock(str(store))
+    try:
+        result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", str(store),
+                                           "--cluster", "slurm", "--jobs", "2"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 1 and f"pid {holder.pid}" in result.output
+    assert not list(batch_system.glob("job-*.sh"))  # nothing was submitted
+
+
+def test_bad_scheduler_addresses_and_cluster_configs_are_one_line(small_corpus, tmp_path):
+    for address in ("nonsense", "tcp://[::1"):
+        result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", str(tmp_path / "s.zarr"),
+                                           "--scheduler", address])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "not a scheduler address" in result.output
+    config = tmp_path / "cluster.yaml"
+    config.write_text("job_script_prologue: module load birds\njob_extra_directives: --exclusive\n")
+    result = CliRunner().invoke(main, ["featurize", str(tmp_path), "--cluster", "slurm", "--cluster-config",
+                                       str(config), "--print-job-script"])
+    assert result.exit_code == 0, result.output
+    assert "\nmodule load birds\n" in result.output and "#SBATCH --exclusive\n" in result.output
+    config.write_bytes("queue: v\xf6gel\n".encode("latin-1"))
+    result = CliRunner().invoke(main, ["featurize", str(tmp_path), "--cluster", "slurm", "--cluster-config",
+                                       str(config), "--print-job-script"])
+    assert result.exit_code == 1 and "not UTF-8 text" in result.output and "Traceback" not in result.output

@@ -190,7 +190,8 @@ def test_verify_names_every_bad_file_and_redo_corrupt_rewrites_exactly_those(sma
     assert bad["low/low0.wav"].startswith("columns 256-511 unreadable:") and "checksum" in bad["low/low0.wav"]
     assert bad["high/high0.wav"].startswith("1 image object(s) missing, first columns 512-767")
     assert bad["low/low1.wav"].startswith("1 image object(s) beyond its width, first columns 1024-1279")
-    assert lines[-1] == f"featurize them again with: soundception featurize AUDIO_DIR --store {url} --redo-corrupt"
+    assert lines[-1] == (f"featurize them again with: soundception featurize {small_corpus} --store {url} "
+                         "--redo-corrupt")
 
     result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", str(url), "--labels", "folders",
                                        "--redo-corrupt", "--serial", "--min-duration", "4"])
@@ -216,11 +217,14 @@ def test_a_sharded_store_holds_the_same_images_and_verify_repairs_it(small_corpu
     shard.write_bytes(bytes(data))
     from featurize.verify import verify_store
 
-    (problem,) = verify_store(str(url)).problems
-    assert problem.row == 1 and problem.reason.startswith("columns 512-1023 unreadable")
+    empty = url / "image" / "c" / "2" / "0" / "0" / "0"
+    empty.write_bytes(b"")  # an empty shard reads as black instead of failing its checksum
+    first, second = verify_store(str(url)).problems
+    assert first.row == 1 and first.reason.startswith("columns 512-1023 unreadable")
+    assert second.row == 2 and second.reason.startswith("1 image object(s) empty (0 bytes), first columns 0-511")
     summary = featurize_store(small_corpus, str(url), config=SMALL, labels="folders", redo_corrupt=True)
-    assert (summary.submitted, summary.done) == (1, 1)
-    assert verify_store(str(url)).problems == ()
+    assert (summary.submitted, summary.done) == (2, 2)
+    assert verify_store(str(url)).sound
     same_store(str(url), clean_store)
 
 
@@ -248,6 +252,130 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path):
         close_client(client, own_cluster=True)
     assert killed and summary.done == 8 and summary.failed == 0
     same_store(url, clean)
+
+
+def test_damage_to_the_stores_own_tables_is_named_and_never_costs_done_work(small_corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from shared.cli import main
+
+    stores = []
+    for name in ("lost-status", "lost-ids", "flipped-status"):
+        url = tmp_path / f"{name}.zarr"
+        featurize_store(small_corpus, str(url), config=SMALL, labels="folders", time_chunk=256)
+        stores.append(url)
+    lost_status, lost_ids, flipped_status = stores
+    (lost_status / "status" / "c" / "0").unlink()  # every file would read as pending
+    result = CliRunner().invoke(main, ["inspect", str(lost_status), "--verify"])
+    assert result.exit_code == 1
+    assert "store\tstatus: rows 0-3 lost (4 of them hold a width and duration)" in result.stdout
+    result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", str(lost_status), "--serial",
+                                       "--labels", "folders", "--min-duration", "4", "--redo-corrupt"])
+    assert result.exit_code == 1 and "cannot repair (nothing was rewritten)" in result.output
+
+    objects = sorted(p for p in (lost_ids / "image").rglob("*") if p.is_file())
+    (lost_ids / "file" / "c" / "0").unlink()  # the ids are gone: the rows must not be dropped
+    with pytest.raises(store_io.StoreMismatch, match="4 row\\(s\\) marked done from row 0 on have no id"):
+        featurize_store(small_corpus, str(lost_ids), config=SMALL, labels="folders")
+    assert sorted(p for p in (lost_ids / "image").rglob("*") if p.is_file()) == objects
+    assert zarr.open_array(str(lost_ids / "status"), mode="r").shape == (4,)
+
+    chunk = flipped_status / "status" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    for args in (["inspect", str(flipped_status)], ["inspect", str(flipped_status), "--verify"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "the per-file variable 'status' cannot be read" in result.output
+
+
+def test_the_lock_is_per_place_not_per_spelling(small_corpus, tmp_path):
+    url = tmp_path / "s.zarr"
+    holder = hold_lock(str(url))
+    try:
+        (tmp_path / "alias.zarr").symlink_to(url.name)
+        for spelling in (tmp_path / "alias.zarr", f"{url}/", f"{url}/.", tmp_path / "x" / ".." / "s.zarr"):
+            with pytest.raises(StoreLocked, match=f"pid {holder.pid}"):
+                featurize_store(small_corpus, str(spelling), config=SMALL, labels="folders")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_two_runs_taking_over_one_stale_object_store_lock_never_both_win(s3_endpoint):
+    import json
+    import threading
+
+    import s3fs
+
+    filesystem = s3fs.S3FileSystem(**s3_endpoint)
+    filesystem.mkdir("race")
+    stale = {"host": "gone-host", "pid": 1, "started": "2026-01-01T00:00:00+00:00", "heartbeat": 0.0, "token": "x"}
+    for trial in range(3):
+        url = f"s3://race/s{trial}.zarr"
+        filesystem.pipe(f"race/s{trial}.zarr.lock", json.dumps(stale).encode())
+        outcomes: list[object] = []
+
+        def take() -> None:
+            try:
+                outcomes.append(StoreLock(url, s3_endpoint, heartbeat_seconds=0.3).acquire())
+            except StoreLocked as error:
+                outcomes.append(error)
+
+        threads = [threading.Thread(target=take) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [o for o in outcomes if isinstance(o, StoreLock)]
+        assert len(winners) == 1, outcomes
+        winners[0].release()
+
+
+def test_a_run_whose_object_store_lock_cannot_be_refreshed_stops(tmp_path):
+    from test_object_storage import free_port
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        import s3fs
+
+        s3fs.S3FileSystem(**options).mkdir("gone")
+        lock = StoreLock("s3://gone/s.zarr", options, heartbeat_seconds=0.2, stale_seconds=1.0).acquire()
+        lock.check()  # fresh: fine
+    finally:
+        server.terminate()  # the object store becomes unreachable
+        server.wait()
+    time.sleep(2.0)
+    with pytest.raises(StoreLocked, match="lost the store's lock .*could not be refreshed"):
+        lock.check()
+    lock._stop.set()
+
+
+def test_credentials_in_a_url_are_refused_without_being_shown(small_corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from shared.cli import main
+
+    for args in (["featurize", str(small_corpus), "--store", "s3://AKIAX:Secret999@bucket/s.zarr"],
+                 ["featurize", "s3://AKIAX:Secret999@bucket/audio", "--store", str(tmp_path / "s.zarr")],
+                 ["inspect", "http://user:Secret999@127.0.0.1:9/bucket/s.zarr"],
+                 ["inspect", "s3://AKIAX:Secret999@bucket/s.zarr", "--verify"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code in (1, 2) and "Secret999" not in result.output, result.output
+        assert "credentials in a URL are not accepted" in result.output
+    assert not (tmp_path / "s.zarr").exists()
 
 
 from test_object_storage import s3_endpoint  # noqa: E402,F401  (the moto server fixture)
