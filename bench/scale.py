@@ -3,8 +3,9 @@ worker processes (with and without the worker settings featurize registers), and
 S3-compatible server on loopback against one on local disk.
 
 Every configuration featurizes the same generated corpus into a fresh store; each is run
-``--repeats`` times, interleaved, and the median wall time is reported with the ratio to the
-local cluster measured in the same run. The external cluster is ``dask scheduler`` plus
+``--repeats`` times, interleaved, on a cluster started for that run alone (warmed up on two short
+files first), and the median wall time is reported with the ratio to the local cluster measured
+in the same run. The external cluster is ``dask scheduler`` plus
 ``dask worker --nthreads 1`` processes with dask's defaults (nannies, trim threshold 64 KB);
 "bare" connects to it with a plain ``Client``, as a user would without our settings.
 
@@ -72,7 +73,9 @@ class ExternalCluster:
 
         port = free_port()
         self.address = f"tcp://127.0.0.1:{port}"
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        # dask's defaults, whatever an earlier cluster in this process left in its environment
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": environment}
         self.processes = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
                                             str(port), "--no-dashboard"], **quiet)]
         wait_for_port(port)
@@ -115,50 +118,61 @@ def timed(audio: Path, store: str, client, storage_options=None) -> float:
     return wall
 
 
+def configurations(moto: MotoServer):
+    """``{name: start()}``; ``start()`` returns ``(client, store options, close)``. One cluster
+    runs at a time: idle clusters beside the measured one cost it a third of its speed here."""
+    from distributed import Client
+
+    from featurize.cluster import connect, local_client
+
+    def local(options=None):
+        def start():
+            client = local_client(2)
+            return client, options, lambda: (client.close(), client.cluster.close())
+        return start
+
+    def external(n_workers: int, tuned: bool = True):
+        def start():
+            cluster = ExternalCluster(n_workers)
+            client = connect(cluster.address) if tuned else Client(cluster.address)
+            return client, None, lambda: (client.close(), cluster.close())
+        return start
+
+    return {
+        "local cluster, 2 workers": local(),
+        "dask scheduler + 1 worker": external(1),
+        "dask scheduler + 2 workers": external(2),
+        "dask scheduler + 2 workers, bare Client (no settings)": external(2, tuned=False),
+        "local cluster, 2 workers, store on S3 (moto)": local(moto.options),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from distributed import Client
-
-    from featurize.cluster import connect, local_client
-
     root = Path(tempfile.mkdtemp(prefix="soundception-scale-"))
-    audio = make_corpus(root, args.files, args.seconds)
+    audio = make_corpus(root / "corpus", args.files, args.seconds)
+    warm = make_corpus(root / "warm", 2, 5.0)
     hours = args.files * args.seconds / 3600
-    local = local_client(2)
-    one, two = ExternalCluster(1), ExternalCluster(2)
     moto = MotoServer()
-    bare = ExternalCluster(2)  # never sees our plugin
-    clients = {
-        "local cluster, 2 workers": local,
-        "dask scheduler + 1 worker": connect(one.address),
-        "dask scheduler + 2 workers": connect(two.address),
-        "dask scheduler + 2 workers, bare Client (no settings)": Client(bare.address),
-        "local cluster, 2 workers, store on S3 (moto)": local,
-    }
-    walls: dict[str, list[float]] = {name: [] for name in clients}
+    configs = configurations(moto)
+    walls: dict[str, list[float]] = {name: [] for name in configs}
     try:
-        for k, client in enumerate(clients.values()):  # warm-up: every worker imports the featurizer once
-            timed(audio, str(root / f"warm-{k}.zarr"), client)
         for repeat in range(args.repeats):
-            for k, (name, client) in enumerate(clients.items()):
-                if "S3" in name:
-                    walls[name].append(timed(audio, f"s3://bench/r{repeat}.zarr", client, moto.options))
-                else:
-                    walls[name].append(timed(audio, str(root / f"r{repeat}-{k}.zarr"), client))
+            for k, (name, start) in enumerate(configs.items()):
+                client, options, close = start()
+                try:
+                    prefix = f"s3://bench/{repeat}-{k}" if options else str(root / f"{repeat}-{k}")
+                    timed(warm, f"{prefix}-warm.zarr", client, options)  # every worker imports the featurizer
+                    walls[name].append(timed(audio, f"{prefix}.zarr", client, options))
+                finally:
+                    close()
     finally:
-        for client in set(clients.values()) - {local}:
-            client.close()
-        for cluster in (one, two, bare):
-            cluster.close()
-        local.close()
-        local.cluster.close()
         moto.close()
         shutil.rmtree(root, ignore_errors=True)
-
     base = statistics.median(walls["local cluster, 2 workers"])
     print(f"\n{args.files} files x {args.seconds:g} s ({hours:.2f} h of audio), {args.repeats} repeats, "
           f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")

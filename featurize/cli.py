@@ -99,8 +99,9 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
 @one_line_errors
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
                       workers: int | None, cluster_kind: str, jobs: int, cluster_config: str | None,
-                      worker_wait: float, print_job_script: bool, serial: bool, redo_corrupt: bool, dashboard: bool, retry_failed: bool, new_audio_root: bool,
-                      min_duration: float, hop_lengths: tuple[int, int, int], time_resize: str,
+                      worker_wait: float, print_job_script: bool, serial: bool, redo_corrupt: bool,
+                      dashboard: bool, retry_failed: bool, new_audio_root: bool, min_duration: float,
+                      hop_lengths: tuple[int, int, int], time_resize: str,
                       frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int, shard_chunks: int,
                       zstd_level: int, storage_options: dict | None, config_file: str | None,
                       empty_band_db: float) -> None:

@@ -4,7 +4,7 @@
 write of that file's chunks only). :func:`featurize_store` is the driver, in three steps:
 
 1. :func:`prepare_store` opens the store and registers the recordings and their labels;
-2. :func:`plan_jobs` (pure) lists the :class:`Job` s still to do and :func:`longest_first` orders them;
+2. :mod:`featurize.plan` lists the jobs still to do, widest first, and the stored files to redo;
 3. :func:`run_jobs` maps :func:`featurize_file` over them on an injected executor (a dask
    ``Client``) or serially, writes the small per-file variables as results arrive (so an
    interrupted run resumes where it stopped) and grows the store when a file is wider than its
@@ -20,20 +20,19 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 
 from featurize import store as store_io
 from featurize.audio import DecodeError, decode, is_url, self_concatenate
-from featurize.labels import Labelling, Recording, label_recordings
+from featurize.labels import Labelling, label_recordings
 from featurize.lock import StoreLock
 from featurize.lock import describe as describe_holder
-from featurize.verify import clear_images, verify_store
+from featurize.plan import Job, Plan, longest_first, plan_jobs, reopen_corrupt, reopen_incomplete  # noqa: F401
 from shared import schema
 from shared.config import FeaturizerConfig
 from shared.text import one_line
@@ -77,114 +76,6 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
     if image.silent:
         warning = "; ".join(filter(None, [warning, "silent recording: constant spectrogram, image is all zeros"]))
     return {"status": schema.DONE, "duration": float(duration), "n_frames": int(image.width), "warning": warning}
-
-
-HEADER_BYTES = 1 << 16  # what is fetched of a remote file to read its header
-LOWEST_BYTE_RATE = 4000  # B/s (32 kbit/s): a compressed file's length is bounded from its size with this
-
-
-def estimate_width(path: str, config: FeaturizerConfig, storage_options: dict[str, Any] | None = None) -> int:
-    """Image width in px from the file header (0 if the header cannot be read).
-
-    A remote file's header is read from its first :data:`HEADER_BYTES`; where that does not give
-    the length (mp3, ogg), the width is bounded from the file's size at :data:`LOWEST_BYTE_RATE`.
-    Over-estimating is cheap (the store's padded axis holds no objects past a file's width);
-    under-estimating makes the file wait for the axis to grow and be done again.
-    """
-    import soundfile
-
-    try:
-        if is_url(path):
-            import io
-
-            import fsspec
-
-            filesystem, key = fsspec.core.url_to_fs(path, **(storage_options or {}))
-            size = filesystem.size(key)
-            try:
-                info = soundfile.info(io.BytesIO(filesystem.cat_file(key, start=0, end=HEADER_BYTES)))
-                seconds = info.frames / info.samplerate if 0 < info.frames < (1 << 62) else size / LOWEST_BYTE_RATE
-            except Exception:
-                seconds = size / LOWEST_BYTE_RATE
-        else:
-            info = soundfile.info(path)
-            seconds = info.frames / info.samplerate
-    except Exception:
-        return 0
-    if seconds <= 0:
-        return 0
-    repeats = max(1, math.ceil(config.min_duration / seconds))
-    return config.width_for(seconds * repeats * 1.01) + 2  # resampler edge effects
-
-
-@dataclass(frozen=True)
-class Job:
-    """One recording to featurize into row ``row`` of the store.
-
-    Attributes:
-        row: the recording's index on the store's ``file`` axis.
-        file_id: its id (path relative to the audio root).
-        source: its absolute path on this machine.
-        width: estimated image width in px (0 until :func:`longest_first` reads the header).
-    """
-
-    row: int
-    file_id: str
-    source: str
-    width: int = 0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The work of one run: ``jobs`` to featurize, ``failures`` to record without featurizing
-    (``(row, file_id, reason)``) and the number of files ``skipped`` (done, or failed earlier)."""
-
-    jobs: tuple[Job, ...]
-    failures: tuple[tuple[int, str, str], ...]
-    skipped: int
-
-
-def plan_jobs(recordings: Sequence[Recording], rows: Mapping[str, int], status: Sequence[str], *,
-              retry_failed: bool = False) -> Plan:
-    """List the work for ``recordings``; reads and writes nothing.
-
-    Args:
-        recordings: the recordings found under the audio root, in order.
-        rows: store row of every recording id.
-        status: the store's status per row (``pending``, ``done`` or ``failed``).
-        retry_failed: plan files that failed in an earlier run again.
-
-    A recording that cannot be featurized (``problem``: missing, conflicting labels) is a failure
-    unless it is already done; a done file is skipped, and so is a failed one unless ``retry_failed``.
-    Everything else (new, pending after an interruption) becomes a :class:`Job`.
-    """
-    jobs: list[Job] = []
-    failures: list[tuple[int, str, str]] = []
-    skipped = 0
-    for recording in recordings:
-        row = rows[recording.id]
-        if recording.problem:
-            if status[row] != schema.DONE:
-                failures.append((row, recording.id, recording.problem))
-        elif status[row] == schema.DONE or (status[row] == schema.FAILED and not retry_failed):
-            skipped += 1
-        else:
-            jobs.append(Job(row, recording.id, recording.path))
-    return Plan(tuple(jobs), tuple(failures), skipped)
-
-
-def longest_first(jobs: Sequence[Job], config: FeaturizerConfig,
-                  storage_options: dict[str, Any] | None = None) -> tuple[Job, ...]:
-    """``jobs`` with their width estimated from the file headers, widest first (balances the workers).
-
-    Headers are read by 16 threads: on object storage each is a request or two.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(16 if any(is_url(job.source) for job in jobs) else 1) as pool:
-        widths = list(pool.map(lambda job: estimate_width(job.source, config, storage_options), jobs))
-    sized = [dataclasses.replace(job, width=width) for job, width in zip(jobs, widths)]
-    return tuple(sorted(sized, key=lambda job: -job.width))
 
 
 @dataclass
@@ -353,37 +244,6 @@ def run_jobs(group: zarr.Group, jobs: Sequence[Job], store_url: str, config: Fea
         recorder.flush()
 
 
-def reopen_incomplete(group: zarr.Group) -> list[str]:
-    """Mark ``pending`` every file marked done without a width or duration; returns a note if any.
-
-    Such rows are what lost field writes leave behind (a done mark whose ``n_frames`` never
-    arrived): their images cannot be read back, so they are featurized again.
-    """
-    status = schema.as_strings(group["status"][...])
-    broken = np.flatnonzero((status == schema.DONE) & ((group["n_frames"][...] <= 0)
-                                                       | ~np.isfinite(group["duration"][...])))
-    if not broken.size:
-        return []
-    clear_images(group, broken)
-    store_io.write_fields(group, {int(row): {"status": schema.PENDING, "error": ""} for row in broken})
-    return [f"{broken.size} file(s) were marked done without a width or duration; featurized again"]
-
-
-def reopen_corrupt(group: zarr.Group, store_url: str, storage_options: dict[str, Any] | None) -> list[str]:
-    """Verify the store (:func:`featurize.verify.verify_store`) and mark every bad file ``pending``,
-    its image objects deleted, so this run featurizes exactly those again; returns notes."""
-    report = verify_store(store_url, storage_options)
-    if report.store_problems:
-        raise store_io.StoreMismatch(f"{store_url}: {report.store_problems[0]}; the store's own tables are damaged, "
-                                     "which --redo-corrupt cannot repair (nothing was rewritten)")
-    rows = [problem.row for problem in report.problems]
-    clear_images(group, rows)
-    store_io.write_fields(group, {row: {"status": schema.PENDING, "error": ""} for row in rows})
-    notes = [f"verify: {report.files} done file(s) checked, {len(rows)} bad, featurized again"]
-    notes += [f"  {problem.file_id}: {problem.reason}" for problem in report.problems]
-    return notes
-
-
 def featurize_store(audio_root: str | Path, store_url: str, *, config: FeaturizerConfig | None = None,
                     metadata: str | Path | None = None, labels: str = "auto", client: Any = None,
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
@@ -417,8 +277,8 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                         describe_holder(lock.took_over))
         return _featurize_locked(labelling, audio_root, store_url, config, lock, started, client=client,
                                  retry_failed=retry_failed, storage_options=storage_options, time_chunk=time_chunk,
-                                 zstd_level=zstd_level, shard_chunks=shard_chunks, new_audio_root=new_audio_root, redo_corrupt=redo_corrupt,
-                                 progress=progress)
+                                 zstd_level=zstd_level, shard_chunks=shard_chunks, new_audio_root=new_audio_root,
+                                 redo_corrupt=redo_corrupt, progress=progress)
 
 
 def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig,

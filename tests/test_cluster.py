@@ -53,8 +53,10 @@ def external_cluster():
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     # the workers import this module for the probes below
+    # dask's defaults, whatever an earlier cluster in this process left in its environment
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
-             "env": {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}}
+             "env": {**environment, "PYTHONPATH": str(Path(__file__).parent)}}
     processes = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                    "--no-dashboard"], **quiet)]
     try:

@@ -351,9 +351,9 @@ def test_conflicting_xml_labels_fail_the_file_and_tsv_metadata_reads(tmp_path):
 def test_files_wider_than_the_header_said_grow_the_store_and_are_redone(small_corpus, tmp_path, monkeypatch):
     # Headers can under-state a length (or be unreadable, for codecs only audioread opens); no
     # such file can be made here, so the driver's estimate is made to say 0 px for every file.
-    from featurize import pipeline
+    from featurize import plan
 
-    monkeypatch.setattr(pipeline, "estimate_width", lambda path, config, storage_options=None: 0)
+    monkeypatch.setattr(plan, "estimate_width", lambda path, config, storage_options=None: 0)
     url = str(tmp_path / "s.zarr")
     summary = featurize_store(small_corpus, url, config=SMALL, labels="folders", time_chunk=256)
     assert (summary.submitted, summary.done, summary.failed) == (4, 4, 0)

@@ -179,8 +179,8 @@ def test_verify_names_every_bad_file_and_redo_corrupt_rewrites_exactly_those(sma
     chunk_key(url, rows["high/high0.wav"], 2).unlink()
     extra = chunk_key(url, rows["low/low1.wav"], 4)
     extra.write_bytes(chunk_key(url, rows["low/low1.wav"], 0).read_bytes())
-    untouched = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (url / "image" / "c" / str(rows["high/high1.wav"])).rglob("*")
-                 if p.is_file()}
+    sound = url / "image" / "c" / str(rows["high/high1.wav"])
+    untouched = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sound.rglob("*") if p.is_file()}
 
     result = CliRunner().invoke(main, ["inspect", str(url), "--verify"])
     assert result.exit_code == 1

@@ -1,0 +1,165 @@
+"""The work of a featurize run, listed before anything runs: which recordings, in which order, and
+which stored files must be done again.
+
+* :func:`plan_jobs` (pure) turns the recordings and the store's status into :class:`Job` s and
+  failures; :func:`longest_first` orders the jobs by their image width estimated from the file
+  headers (:func:`estimate_width`), so dask can balance them;
+* :func:`reopen_incomplete` and :func:`reopen_corrupt` mark stored files ``pending`` again when a
+  lost field write or a damaged object means they must be redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from featurize import store as store_io
+from featurize.audio import is_url
+from featurize.labels import Recording
+from featurize.verify import clear_images, verify_store
+from shared import schema
+from shared.config import FeaturizerConfig
+
+HEADER_BYTES = 1 << 16  # what is fetched of a remote file to read its header
+LOWEST_BYTE_RATE = 4000  # B/s (32 kbit/s): a compressed file's length is bounded from its size with this
+
+
+def estimate_width(path: str, config: FeaturizerConfig, storage_options: dict[str, Any] | None = None) -> int:
+    """Image width in px from the file header (0 if the header cannot be read).
+
+    A remote file's header is read from its first :data:`HEADER_BYTES`; where that does not give
+    the length (mp3, ogg), the width is bounded from the file's size at :data:`LOWEST_BYTE_RATE`.
+    Over-estimating is cheap (the store's padded axis holds no objects past a file's width);
+    under-estimating makes the file wait for the axis to grow and be done again.
+    """
+    import soundfile
+
+    try:
+        if is_url(path):
+            import io
+
+            import fsspec
+
+            filesystem, key = fsspec.core.url_to_fs(path, **(storage_options or {}))
+            size = filesystem.size(key)
+            try:
+                info = soundfile.info(io.BytesIO(filesystem.cat_file(key, start=0, end=HEADER_BYTES)))
+                seconds = info.frames / info.samplerate if 0 < info.frames < (1 << 62) else size / LOWEST_BYTE_RATE
+            except Exception:
+                seconds = size / LOWEST_BYTE_RATE
+        else:
+            info = soundfile.info(path)
+            seconds = info.frames / info.samplerate
+    except Exception:
+        return 0
+    if seconds <= 0:
+        return 0
+    repeats = max(1, math.ceil(config.min_duration / seconds))
+    return config.width_for(seconds * repeats * 1.01) + 2  # resampler edge effects
+
+
+@dataclass(frozen=True)
+class Job:
+    """One recording to featurize into row ``row`` of the store.
+
+    Attributes:
+        row: the recording's index on the store's ``file`` axis.
+        file_id: its id (path relative to the audio root).
+        source: its absolute path on this machine.
+        width: estimated image width in px (0 until :func:`longest_first` reads the header).
+    """
+
+    row: int
+    file_id: str
+    source: str
+    width: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The work of one run: ``jobs`` to featurize, ``failures`` to record without featurizing
+    (``(row, file_id, reason)``) and the number of files ``skipped`` (done, or failed earlier)."""
+
+    jobs: tuple[Job, ...]
+    failures: tuple[tuple[int, str, str], ...]
+    skipped: int
+
+
+def plan_jobs(recordings: Sequence[Recording], rows: Mapping[str, int], status: Sequence[str], *,
+              retry_failed: bool = False) -> Plan:
+    """List the work for ``recordings``; reads and writes nothing.
+
+    Args:
+        recordings: the recordings found under the audio root, in order.
+        rows: store row of every recording id.
+        status: the store's status per row (``pending``, ``done`` or ``failed``).
+        retry_failed: plan files that failed in an earlier run again.
+
+    A recording that cannot be featurized (``problem``: missing, conflicting labels) is a failure
+    unless it is already done; a done file is skipped, and so is a failed one unless ``retry_failed``.
+    Everything else (new, pending after an interruption) becomes a :class:`Job`.
+    """
+    jobs: list[Job] = []
+    failures: list[tuple[int, str, str]] = []
+    skipped = 0
+    for recording in recordings:
+        row = rows[recording.id]
+        if recording.problem:
+            if status[row] != schema.DONE:
+                failures.append((row, recording.id, recording.problem))
+        elif status[row] == schema.DONE or (status[row] == schema.FAILED and not retry_failed):
+            skipped += 1
+        else:
+            jobs.append(Job(row, recording.id, recording.path))
+    return Plan(tuple(jobs), tuple(failures), skipped)
+
+
+def longest_first(jobs: Sequence[Job], config: FeaturizerConfig,
+                  storage_options: dict[str, Any] | None = None) -> tuple[Job, ...]:
+    """``jobs`` with their width estimated from the file headers, widest first (balances the workers).
+
+    Headers are read by 16 threads: on object storage each is a request or two.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16 if any(is_url(job.source) for job in jobs) else 1) as pool:
+        widths = list(pool.map(lambda job: estimate_width(job.source, config, storage_options), jobs))
+    sized = [dataclasses.replace(job, width=width) for job, width in zip(jobs, widths)]
+    return tuple(sorted(sized, key=lambda job: -job.width))
+
+
+def reopen_incomplete(group: zarr.Group) -> list[str]:
+    """Mark ``pending`` every file marked done without a width or duration; returns a note if any.
+
+    Such rows are what lost field writes leave behind (a done mark whose ``n_frames`` never
+    arrived): their images cannot be read back, so they are featurized again.
+    """
+    status = schema.as_strings(group["status"][...])
+    broken = np.flatnonzero((status == schema.DONE) & ((group["n_frames"][...] <= 0)
+                                                       | ~np.isfinite(group["duration"][...])))
+    if not broken.size:
+        return []
+    clear_images(group, broken)
+    store_io.write_fields(group, {int(row): {"status": schema.PENDING, "error": ""} for row in broken})
+    return [f"{broken.size} file(s) were marked done without a width or duration; featurized again"]
+
+
+def reopen_corrupt(group: zarr.Group, store_url: str, storage_options: dict[str, Any] | None) -> list[str]:
+    """Verify the store (:func:`featurize.verify.verify_store`) and mark every bad file ``pending``,
+    its image objects deleted, so this run featurizes exactly those again; returns notes."""
+    report = verify_store(store_url, storage_options)
+    if report.store_problems:
+        raise store_io.StoreMismatch(f"{store_url}: {report.store_problems[0]}; the store's own tables are damaged, "
+                                     "which --redo-corrupt cannot repair (nothing was rewritten)")
+    rows = [problem.row for problem in report.problems]
+    clear_images(group, rows)
+    store_io.write_fields(group, {row: {"status": schema.PENDING, "error": ""} for row in rows})
+    notes = [f"verify: {report.files} done file(s) checked, {len(rows)} bad, featurized again"]
+    notes += [f"  {problem.file_id}: {problem.reason}" for problem in report.problems]
+    return notes
