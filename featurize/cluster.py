@@ -162,14 +162,23 @@ def local_client(n_workers: int | None = None, *, dashboard_address: str | None 
 
 def connect(address: str, *, timeout: float = 30.0) -> Any:
     """A ``Client`` on a running scheduler (``tcp://host:port``), its workers tuned for featurizing."""
+    import dask
     from distributed import Client
+    from distributed.comm import registry
+    from distributed.comm.addressing import parse_address, parse_host_port
 
-    try:
-        client = Client(address, timeout=timeout)
+    try:  # checked first: a Client that fails half-way leaves dask's global settings pointing at it
+        scheme, location = parse_address(address)
+        parse_host_port(location)
+        registry.get_backend(scheme)
     except ValueError as error:
         raise ClusterError(f"--scheduler {address}: not a scheduler address ({error}); expected tcp://HOST:PORT, "
                            "as `dask scheduler` prints") from None
-    except (OSError, TimeoutError) as error:
+    saved = {"scheduler": dask.config.get("scheduler", None)}
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as error:
+        dask.config.set({name: value for name, value in saved.items()})  # undo what the failed Client set
         raise ClusterError(f"cannot reach the dask scheduler at {address} within {timeout:g} s "
                            f"({type(error).__name__}); is it running?") from None
     register_settings(client)
