@@ -22,7 +22,7 @@ from featurize.lock import StoreLock, StoreLocked
 from featurize.pipeline import featurize_store
 from shared import FeatureStore, FeaturizerConfig
 
-from test_cluster import same_store
+from test_cluster import same_store, wait_for_port
 
 SMALL = FeaturizerConfig(min_duration=4.0)
 
@@ -341,14 +341,7 @@ def test_a_run_whose_object_store_lock_cannot_be_refreshed_stops(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"}
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        wait_for_port(port)
         import s3fs
 
         s3fs.S3FileSystem(**options).mkdir("gone")
