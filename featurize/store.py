@@ -332,12 +332,13 @@ def write_fields(group: zarr.Group, updates: dict[int, dict[str, Any]]) -> None:
 def write_image(url: str, index: int, width: int,
                 blocks: Callable[[int], Iterable[tuple[int, np.ndarray]]], *,
                 storage_options: dict[str, Any] | None = None) -> None:
-    """Write one file's image, chunk-aligned.
+    """Write one file's image, chunk-aligned, one whole write call at a time.
 
-    ``blocks(time_chunk)`` must yield ``(start_column, pixels)`` with starts at multiples of
-    the store's ``time_chunk`` and ``time_chunk`` columns each (the last may be shorter; it is
-    zero-padded to the chunk boundary so the write stays chunk-aligned). Pixels are uint8
-    ``(channels, height, columns)``; columns from ``width`` to the end of the last chunk are zero.
+    ``blocks(columns)`` must yield ``(start_column, pixels)`` with starts at multiples of
+    ``columns`` and ``columns`` columns each (the last may be shorter; it is zero-padded to the
+    next chunk boundary so the write stays chunk-aligned). ``columns`` is a few chunks, or one
+    shard. Pixels are uint8 ``(channels, height, columns)``; columns from ``width`` to the end of
+    the last chunk are zero.
 
     Raises :class:`WidthExceedsStore` before writing anything if the time axis is too short.
     """
@@ -347,30 +348,17 @@ def write_image(url: str, index: int, width: int,
     image = image.with_config({"write_empty_chunks": True})
     chunk, extent = image.chunks[3], image.shape[3]
     # each write call covers whole stored objects: a shard written in parts would be read back and
-    # rewritten for every part (twice the bytes written, bench/layout.py)
+    # rewritten for every part (twice the bytes written, bench/layout.py); a few chunks per call
+    # otherwise, which zarr encodes concurrently
     call_columns = image.shards[3] if image.shards else WRITE_CHUNKS * chunk
     if width > extent:
         raise WidthExceedsStore(width)
-    pending: list[np.ndarray] = []
-    pending_start = 0
-
-    def flush() -> None:
-        if pending:
-            data = np.concatenate(pending, axis=2) if len(pending) > 1 else pending[0]
-            image[index, :, :, pending_start : pending_start + data.shape[2]] = data
-            pending.clear()
-
-    for start, pixels in blocks(chunk):
-        if start % chunk:
-            raise ValueError(f"block start {start} is not a multiple of the time chunk {chunk}")
-        stop = min(start + chunk, extent)
+    for start, pixels in blocks(call_columns):
+        if start % call_columns:
+            raise ValueError(f"block start {start} is not a multiple of the write size {call_columns}")
+        stop = min(start + -(-pixels.shape[2] // chunk) * chunk, extent)
         if pixels.shape[2] < stop - start:
             padded = np.zeros(pixels.shape[:2] + (stop - start,), dtype=np.uint8)
             padded[:, :, : pixels.shape[2]] = pixels
             pixels = padded
-        if not pending:
-            pending_start = start
-        pending.append(pixels)
-        if (start + chunk) % call_columns == 0:  # a few chunks per call: zarr encodes them concurrently
-            flush()
-    flush()
+        image[index, :, :, start:stop] = pixels

@@ -114,6 +114,43 @@ def test_blocks_equal_the_whole_image():
     assert np.array_equal(whole, pieces)
 
 
+@pytest.mark.parametrize("resize", ["max", "area", "bilinear"])
+def test_one_pass_equals_two_passes(monkeypatch, resize):
+    """An image computed once and kept gives the bytes of the two-pass path long recordings take.
+
+    ``area`` averages bins with a matrix product, whose BLAS kernels round differently for another
+    number of rows (sampled columns versus a block): there the bounds agree to float precision and
+    pixels to one grey level."""
+    import featurize.image as image_module
+
+    config = FeaturizerConfig(time_resize=resize, frequency_resize=resize, min_duration=0.0, percentile_columns=300)
+    signal = noise(9.0, seed=8) + tone(3000.0, 9.0, amplitude=0.3) * (np.arange(9 * SR) % SR < SR // 3)
+    kept = MultiscaleImage.plan(signal, config)
+    monkeypatch.setattr(image_module, "ONE_PASS_BYTES", 0)
+    recomputed = MultiscaleImage.plan(signal, config)
+    assert kept.values is not None and recomputed.values is None
+    once, twice = kept.block(0, kept.width), recomputed.block(0, recomputed.width)
+    if resize == "area":
+        np.testing.assert_allclose(kept.bounds, recomputed.bounds, rtol=1e-6)
+        assert np.abs(once.astype(int) - twice).max() <= 1
+    else:
+        assert kept.bounds == recomputed.bounds and np.array_equal(once, twice)
+
+
+def test_clip_bounds_and_medians_equal_numpy():
+    """The sort-based percentiles and row medians give numpy's values exactly (ties, odd and even counts)."""
+    from featurize.image import column_medians
+
+    rng = np.random.default_rng(9)
+    for trial in range(200):
+        values = (rng.standard_normal((int(rng.integers(1, 400)), int(rng.integers(1, 30)))) * 20 - 40).astype(np.float32)
+        if trial % 2:
+            values = np.round(values)
+        percentiles = (float(rng.uniform(0, 5)), float(rng.uniform(95, 100))) if trial % 5 else (0.0, 100.0)
+        assert clip_bounds(values, percentiles=percentiles) == tuple(np.percentile(values, percentiles))
+        assert np.array_equal(column_medians(values), np.median(values, axis=0))
+
+
 def test_resize_frequency_hand_computed():
     spectrum = np.array([[0.0, 10.0, 20.0]], dtype=np.float32)  # bins at 0, Nyquist/2, Nyquist
     for method in ("max", "area", "bilinear"):  # fewer bins than rows: every method interpolates
