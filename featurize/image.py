@@ -55,13 +55,18 @@ def _linear_weights(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.nd
     return low, high, weight
 
 
-def _interpolate(values: np.ndarray, low: np.ndarray, high: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
-    """``values[low] + weight * (values[high] - values[low])`` along ``axis`` (0 or 1), float32."""
-    out = np.take(values, low, axis=axis)
-    upper = np.take(values, high, axis=axis)
-    upper -= out
-    upper *= weight if axis == 1 else weight[:, None]
-    out += upper
+def _interpolate(values: np.ndarray, low: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
+    """``values[low] + weight * (values[low + 1] - values[low])`` along ``axis`` (0 or 1), float32.
+
+    ``low`` and ``weight`` come from :func:`_linear_weights` (at the last index the step is 0).
+    The neighbours' differences are taken once on the input, usually the smaller array.
+    """
+    steps = np.diff(values, axis=axis, append=values[-1:] if axis == 0 else values[:, -1:])
+    index = low if axis == 0 else (slice(None), low)
+    out = values[index]
+    step = steps[index]
+    step *= weight if axis == 1 else weight[:, None]
+    out += step
     return out
 
 
@@ -138,7 +143,8 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max
     if method not in RESIZE_METHODS:
         raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
     if method == "bilinear" or bins <= height:
-        return _interpolate(spectrogram, *_row_weights(bins, height), axis=1)
+        low, _, weight = _row_weights(bins, height)
+        return _interpolate(spectrogram, low, weight, axis=1)
     if method == "max":
         rows = spectrogram[:, band_gather(bins, height)].max(axis=2)
     else:
@@ -255,7 +261,7 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
         rows = to_decibels(resize_frequency(values, height=height, method="max"), amin=amin)
     else:
         rows = resize_frequency(to_decibels(values, amin=amin), height=height, method=config.frequency_resize)
-    return _interpolate(rows, low, high, weight, axis=0)
+    return _interpolate(rows, low, weight, axis=0)
 
 
 COMPUTE_COLUMNS = 1024  # columns computed at a time: bounds the frames and spectra held (a few MB)
