@@ -81,8 +81,8 @@ def frame_range(signal: np.ndarray, start: int, stop: int, *, n_fft: int, hop_le
     last = (stop - 1) * hop_length - n_fft // 2
     if stop <= start or first < 0 or last + n_fft > signal.shape[0]:
         return frames_at(signal, np.arange(start, stop), n_fft=n_fft, hop_length=hop_length)
-    windows = np.lib.stride_tricks.sliding_window_view(signal[first : last + n_fft], n_fft)
-    return windows[::hop_length]
+    return np.lib.stride_tricks.as_strided(signal[first:], shape=(stop - start, n_fft), writeable=False,
+                                           strides=(hop_length * signal.strides[0], signal.strides[0]))
 
 
 def magnitude(frames: np.ndarray, *, window: str = "hann") -> np.ndarray:
