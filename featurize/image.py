@@ -61,8 +61,15 @@ def _interpolate(values: np.ndarray, low: np.ndarray, weight: np.ndarray, axis: 
     ``low`` and ``weight`` come from :func:`_linear_weights` (at the last index the step is 0).
     The neighbours' differences are taken once on the input, usually the smaller array.
     """
-    steps = np.diff(values, axis=axis, append=values[-1:] if axis == 0 else values[:, -1:])
-    index = low if axis == 0 else (slice(None), low)
+    steps = np.empty_like(values)
+    if axis == 0:
+        np.subtract(values[1:], values[:-1], out=steps[:-1])
+        steps[-1] = 0
+        index = low
+    else:
+        np.subtract(values[:, 1:], values[:, :-1], out=steps[:, :-1])
+        steps[:, -1] = 0
+        index = (slice(None), low)
     out = values[index]
     step = steps[index]
     step *= weight if axis == 1 else weight[:, None]
