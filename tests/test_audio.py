@@ -52,6 +52,19 @@ def test_long_file_decodes_in_blocks_exactly(tmp_path):
     np.testing.assert_array_equal(samples, signal)
 
 
+@pytest.mark.parametrize("subtype,container", [("PCM_16", "WAV"), ("PCM_U8", "WAV"), ("PCM_S8", "AIFF"),
+                                               ("PCM_16", "FLAC")])
+def test_integer_samples_decode_to_libsndfiles_floats(tmp_path, subtype, container):
+    """Samples of 16 bits or fewer are read as int16 and scaled here: exactly libsndfile's floats."""
+    import soundfile
+
+    stereo = np.stack([noise(3.0, seed=3, sample_rate=SR), tone(700.0, 3.0)], axis=1).clip(-1, 1)
+    path = write(tmp_path / f"int.{container.lower()}", stereo, SR, subtype=subtype, format=container)
+    samples, _, _ = decode(path, sample_rate=SR)  # same rate: no resampling, only the channel mean
+    floats = soundfile.read(str(path), dtype="float32")[0]
+    np.testing.assert_array_equal(samples, floats.mean(axis=1, dtype=np.float32))
+
+
 def test_empty_file_is_a_clear_error(tmp_path):
     path = tmp_path / "empty.wav"
     path.write_bytes(b"")
