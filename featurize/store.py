@@ -356,9 +356,12 @@ def write_image(url: str, index: int, width: int,
     for start, pixels in blocks(call_columns):
         if start % call_columns:
             raise ValueError(f"block start {start} is not a multiple of the write size {call_columns}")
-        stop = min(start + -(-pixels.shape[2] // chunk) * chunk, extent)
-        if pixels.shape[2] < stop - start:
-            padded = np.zeros(pixels.shape[:2] + (stop - start,), dtype=np.uint8)
-            padded[:, :, : pixels.shape[2]] = pixels
-            pixels = padded
-        image[index, :, :, start:stop] = pixels
+        columns = pixels.shape[2]
+        whole = min(columns // chunk * chunk, extent - start)
+        if whole:
+            image[index, :, :, start : start + whole] = pixels[:, :, :whole]
+        if whole < columns:  # the image's last, partial chunk: zero-padded alone (no copy of the rest)
+            stop = min(start + whole + chunk, extent)
+            padded = np.zeros(pixels.shape[:2] + (stop - start - whole,), dtype=np.uint8)
+            padded[:, :, : columns - whole] = pixels[:, :, whole:]
+            image[index, :, :, start + whole : stop] = padded
