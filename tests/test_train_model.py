@@ -109,3 +109,40 @@ def test_normalisation_is_timms_mean_and_std(model):
 def test_backbone_without_stride_32_is_refused():
     with pytest.raises(ValueError, match="stride"):
         Soundception("vit_tiny_patch16_224", 3)
+
+
+@pytest.mark.parametrize("stride, padding, include_pad, channels_last", [
+    (1, 1, False, False), (1, 1, False, True), (1, 1, True, True), (2, 1, False, True), (2, 0, True, False)])
+def test_average_pool_as_a_convolution_equals_avgpool2d(stride, padding, include_pad, channels_last):
+    """Values and input gradients of ``ConvAveragePool`` equal ``nn.AvgPool2d``'s (CPU, float64)."""
+    from train.model import ConvAveragePool
+
+    torch.manual_seed(1)
+    pool = torch.nn.AvgPool2d(3, stride=stride, padding=padding, count_include_pad=include_pad)
+    x = torch.randn(2, 5, 9, 13, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = ConvAveragePool(pool)(ours)
+    expected = pool(theirs)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-12)
+    # a corner output of a padded window averages 4 values, not 9: by hand
+    if padding and not include_pad and stride == 1:
+        assert out[0, 0, 0, 0].item() == pytest.approx(x[0, 0, :2, :2].mean().item())
+
+
+def test_inception_v4_pools_become_convolutions_and_keep_the_checkpoint_keys():
+    import timm
+
+    from train.model import ConvAveragePool, replace_average_pools
+
+    plain = timm.create_model("inception_v4", features_only=True, pretrained=False, out_indices=(2, 4))
+    keys = set(plain.state_dict())
+    assert replace_average_pools(plain) == 14  # one pooling branch per Inception-A/B/C block
+    assert not any(type(m) is torch.nn.AvgPool2d for m in plain.modules())
+    assert sum(isinstance(m, ConvAveragePool) for m in plain.modules()) == 14
+    assert set(plain.state_dict()) == keys

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from train.attention import create_attention
 from train.config import RunConfig, UserError
@@ -64,6 +66,62 @@ def _feature_indices(backbone: str) -> tuple[int, int]:
     return aux, main
 
 
+class ConvAveragePool(nn.Module):
+    """``nn.AvgPool2d`` (without ``ceil_mode``) as a depthwise convolution with weights of one,
+    divided by the number of positions each window averages. No parameters: checkpoints keep
+    their keys.
+
+    The same values (bit for bit in fp32 on the CPU), for two reasons on CUDA with channels_last
+    (how the trainer runs): PyTorch's channels_last ``avg_pool2d`` backward returned wrong input
+    gradients wherever there is padding (pytorch/pytorch#188344, fixed in July 2026; torch 2.11
+    measured wrong), and it is slow: on an H200 in bf16 inception_v4's 14 pooling branches took
+    85 ms of a 267 ms training step (forward + backward), as convolutions 19 ms (bench/gpu.py).
+    """
+
+    def __init__(self, pool: nn.AvgPool2d) -> None:
+        super().__init__()
+        if pool.ceil_mode:
+            raise ValueError("ceil_mode is not supported")
+        self.kernel_size, self.padding = _pair(pool.kernel_size), _pair(pool.padding)
+        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.count_include_pad, self.divisor_override = pool.count_include_pad, pool.divisor_override
+        self._divisors: dict[tuple, torch.Tensor] = {}  # per input size, dtype and device
+
+    def _divisor(self, x: torch.Tensor, summed: torch.Tensor) -> torch.Tensor | float:
+        if self.divisor_override:
+            return float(self.divisor_override)
+        if self.count_include_pad:
+            return float(self.kernel_size[0] * self.kernel_size[1])
+        key = (*x.shape[-2:], summed.dtype, x.device)
+        if key not in self._divisors:  # how many unpadded positions each window holds (exact integers)
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+                ones = torch.ones(1, 1, *x.shape[-2:], device=x.device)
+                counts = F.conv2d(ones, ones.new_ones(1, 1, *self.kernel_size), None, self.stride, self.padding)
+            self._divisors[key] = counts.to(summed.dtype)
+        return self._divisors[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = x.new_ones(x.shape[1], 1, *self.kernel_size)
+        summed = F.conv2d(x, weight, None, self.stride, self.padding, 1, x.shape[1])
+        return summed.div_(self._divisor(x, summed))  # in place: the convolution's backward keeps no output
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"count_include_pad={self.count_include_pad}")
+
+
+def replace_average_pools(module: nn.Module) -> int:
+    """Swap every ``nn.AvgPool2d`` inside ``module`` (``ceil_mode`` off) for :class:`ConvAveragePool`;
+    returns how many were swapped (inception_v4: the 14 pooling branches of its Inception blocks)."""
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.AvgPool2d and not child.ceil_mode:
+                setattr(parent, name, ConvAveragePool(child))
+                swapped += 1
+    return swapped
+
+
 class Soundception(nn.Module):
     """Attention-augmented timm backbone.
 
@@ -86,6 +144,7 @@ class Soundception(nn.Module):
         self.backbone_name = backbone
         self.backbone = timm.create_model(backbone, features_only=True, pretrained=False,
                                           out_indices=_feature_indices(backbone))
+        replace_average_pools(self.backbone)
         aux_channels, main_channels = self.backbone.feature_info.channels()
         self.aux_attention = create_attention(aux_attention, aux_channels, hidden)
         self.main_attention = create_attention(main_attention, main_channels, hidden)
