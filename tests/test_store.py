@@ -362,3 +362,24 @@ def test_files_wider_than_the_header_said_grow_the_store_and_are_redone(small_co
     assert widest == SMALL.width_for(6.0) and reader.image_shape[3] == 1280  # whole 256 px chunks
     for i, file_id in enumerate(reader.ids):
         assert np.array_equal(reader.image(i), expected_image(small_corpus / file_id, SMALL))
+
+
+@pytest.mark.parametrize("width", [100, 256, 1000, 1024, 1100, 2048])
+def test_write_image_round_trips_any_width_chunk_aligned(tmp_path, width):
+    """Widths under a chunk, at chunk and write-call boundaries and past them: the pixels read
+    back, and the rest of the last chunk (and of the row) is zero."""
+    url = str(tmp_path / "w.zarr")
+    group = store_io.open_for_writing(url, SMALL, time_chunk=256)  # 4 chunks (1,024 columns) per write call
+    store_io.register_files(group, [{"id": "a", "path": "a", "label": -1, "background": ""}])
+    extent = store_io.ensure_width(group, 2100, SMALL)
+    image = np.random.default_rng(width).integers(1, 256, (3, SMALL.image_height, width), dtype=np.uint8)
+    sizes = []
+
+    def blocks(columns: int):
+        sizes.append(columns)
+        return ((start, image[:, :, start : start + columns]) for start in range(0, width, columns))
+
+    store_io.write_image(url, 0, width, blocks)
+    stored = zarr.open_array(f"{url}/{schema.IMAGE}", mode="r")[0]
+    assert sizes == [1024] and stored.shape[-1] == extent
+    assert np.array_equal(stored[:, :, :width], image) and not stored[:, :, width:].any()
