@@ -1,9 +1,9 @@
 """The tri-channel time-frequency image (paper 2.1, steps 6-9), built block by block.
 
-For each FFT window: STFT frames at that window's own hop -> resize to the image's columns and
-rows -> log power -> clip outliers at percentile bounds (values under the sound floor left out) -> scale
-to 0..255. The three results are
-the R, G, B channels of one uint8 image.
+For each FFT window: STFT frames at that window's own hop (:mod:`featurize.spectrogram`) ->
+resize to the image's columns and rows -> log power -> clip outliers at percentile bounds, empty
+bands left out, and scale to 0..255 (:mod:`featurize.clip`). The three results are the R, G, B
+channels of one uint8 image.
 
 Why each window has its own hop and the resize pools: a column is ``sample_rate /
 pixels_per_second`` = 110.6 samples wide. A 128-point frame hopped by that much sees a 3 ms note
@@ -21,8 +21,8 @@ computed once and kept until it is quantised, and its bounds are read from the k
 longer one takes two passes: the sampled columns alone (first pass), then column blocks that each
 compute only the STFT frames they need (second pass), so a two-hour recording never holds its
 float spectrograms at once, and a disk-backed signal (:mod:`featurize.signal`) has its pages
-dropped after each pass and block. Both give the same bytes: every column's values depend on its
-own frames only.
+dropped after each pass and block. Both give the same bytes, since every column's values depend on
+its own frames only (``area``: to a grey level, as its matrix product rounds by the number of rows).
 
 Geometry (shared by all channels, see :mod:`shared.schema`):
     row ``r``    -> frequency ``(H - 1 - r) / (H - 1) * sample_rate / 2`` (align corners); with
@@ -41,6 +41,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from featurize.clip import channel_bounds, to_uint8
 from featurize.signal import is_disk_backed, release_pages
 from featurize.spectrogram import frame_count, frame_range, frames_at, magnitude, to_decibels
 from shared.config import RESIZE_METHODS, FeaturizerConfig
@@ -89,7 +90,10 @@ def _ceil_div(numerator: np.ndarray, denominator: int) -> np.ndarray:
 @lru_cache(maxsize=32)
 def _row_weights(bins: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_linear_weights` at each row's frequency, highest first (``bins`` evenly spaced to Nyquist)."""
-    return _linear_weights(np.arange(height)[::-1] * (bins - 1) / (height - 1), bins)
+    weights = _linear_weights(np.arange(height)[::-1] * (bins - 1) / (height - 1), bins)
+    for array in weights:
+        array.setflags(write=False)
+    return weights
 
 
 @lru_cache(maxsize=32)
@@ -296,91 +300,6 @@ def block_values(signal: np.ndarray, start: int, stop: int, *, n_fft: int, hop_l
         channel_columns(signal, np.arange(piece, end), n_fft=n_fft, hop_length=hop_length, config=config,
                         out=out[piece - start : end - start])
     return out
-
-
-def clip_bounds(values: np.ndarray, *, percentiles: tuple[float, float]) -> tuple[float, float]:
-    """Low and high percentile of ``values`` (any shape), in the values' units (dB).
-
-    Equals ``np.percentile(values, percentiles)`` (linear interpolation), read from one sort:
-    numpy's partition at the several ranks ``np.percentile`` asks for costs twice a sort here.
-    """
-    ordered = np.sort(np.asarray(values, dtype=np.float32), axis=None)
-    low, high = (_sorted_percentile(ordered, q) for q in percentiles)
-    return low, high
-
-
-def _sorted_percentile(ordered: np.ndarray, q: float) -> float:
-    """``np.percentile(ordered, q)`` of an ascending 1-D array, with numpy's arithmetic."""
-    virtual = (ordered.size - 1) * (q / 100.0)
-    below = min(max(int(np.floor(virtual)), 0), ordered.size - 1)
-    above = min(below + 1, ordered.size - 1)
-    gamma = virtual - below
-    difference = np.float64(ordered[above] - ordered[below])  # float32 difference, as numpy's lerp
-    if gamma >= 0.5:
-        return float(ordered[above] - difference * (1.0 - gamma))
-    return float(ordered[below] + difference * gamma)
-
-
-def column_medians(values: np.ndarray) -> np.ndarray:
-    """``np.median(values, axis=0)`` of float32 ``(columns, rows)``, read from one sort (3x faster)."""
-    ordered = np.sort(values, axis=0)
-    half = ordered.shape[0] // 2
-    if ordered.shape[0] % 2:
-        return ordered[half]
-    return (ordered[half - 1] + ordered[half]) / ordered.dtype.type(2)
-
-
-def _reached(seeds: np.ndarray, passable: np.ndarray) -> np.ndarray:
-    """bool: rows at or after a seed row with only passable rows since it (a run grown forward)."""
-    index = np.arange(seeds.size)
-    last_seed = np.maximum.accumulate(np.where(seeds, index, -1))
-    last_wall = np.maximum.accumulate(np.where(passable, -1, index))
-    return (last_seed >= 0) & (last_seed >= last_wall)
-
-
-ROLLOFF_DB = 10.0  # an empty band extends through its neighbours more than this far under the band level
-
-
-def empty_rows(values: np.ndarray, *, empty_band_db: float) -> np.ndarray:
-    """bool ``(rows,)``: rows of a frequency band that holds no sound.
-
-    A row's median over time is its background level; the 90th percentile of those is the level
-    of the recorded band. A row more than ``empty_band_db`` under it is empty (a lossy codec's
-    cut-off band, the top of audio recorded at a lower rate), and so are its neighbours, row by
-    row, while they stay more than :data:`ROLLOFF_DB` under it (the filter's roll-off). Quiet but
-    recorded bands and quiet stretches of time are kept: only whole rows far below count.
-
-    Args:
-        values: dB ``(columns, rows)``, one channel at sampled columns.
-    """
-    medians = column_medians(np.asarray(values, dtype=np.float32))
-    level = np.percentile(medians, 90)
-    quiet = medians < level - ROLLOFF_DB
-    empty = medians < level - empty_band_db
-    # grow the empty rows through the quiet rows next to them, in both directions
-    return _reached(empty, quiet) | _reached(empty[::-1], quiet[::-1])[::-1]
-
-
-def channel_bounds(values: np.ndarray, config: FeaturizerConfig) -> tuple[float, float]:
-    """Clip bounds of one channel's sampled dB values ``(columns, rows)``, empty bands left out.
-
-    In the percentiles an empty band would drag the low bound down and brighten the whole image:
-    measured on calls over noise, the same sound as WAV and as 16 kHz audio resampled up differed
-    by 125 grey levels on average below 5 kHz; with empty bands left out by 2 (MP3: 117 -> 14).
-    """
-    return clip_bounds(values[:, ~empty_rows(values, empty_band_db=config.empty_band_db)],
-                       percentiles=config.clip_percentiles)
-
-
-def to_uint8(values: np.ndarray, *, low: float, high: float) -> np.ndarray:
-    """Clip to ``[low, high]`` and map linearly onto 0..255 (rounded). All zeros if ``high <= low``."""
-    if not high > low:
-        return np.zeros(np.shape(values), dtype=np.uint8)
-    scale = np.float32(255.0 / (high - low))
-    scaled = np.clip(values, np.float32(low), np.float32(high))
-    scaled *= scale
-    scaled += np.float32(0.5) - np.float32(low) * scale  # + 0.5: round half up on the cast
-    return scaled.astype(np.uint8)
 
 
 FINITE_CHECK_SAMPLES = 1 << 22  # 16 MB of float32 at a time

@@ -8,7 +8,8 @@ import pytest
 from conftest import SR, noise, tone
 
 from featurize.audio import self_concatenate
-from featurize.image import MultiscaleImage, clip_bounds, multiscale_image, resize_frequency, to_uint8
+from featurize.clip import clip_bounds, to_uint8
+from featurize.image import MultiscaleImage, multiscale_image, resize_frequency
 from featurize.spectrogram import frame_count, frames_at, log_power
 from shared.config import FeaturizerConfig
 from shared.schema import freq_coordinate, time_coordinate
@@ -139,7 +140,7 @@ def test_one_pass_equals_two_passes(monkeypatch, resize):
 
 def test_clip_bounds_and_medians_equal_numpy():
     """The sort-based percentiles and row medians give numpy's values exactly (ties, odd and even counts)."""
-    from featurize.image import column_medians
+    from featurize.clip import column_medians
 
     rng = np.random.default_rng(9)
     for trial in range(200):
@@ -211,7 +212,7 @@ def test_a_lossy_or_band_limited_copy_keeps_the_wavs_contrast(tmp_path, variant)
 
 
 def test_an_empty_band_and_its_roll_off_are_left_out_of_the_clip_bounds():
-    from featurize.image import channel_bounds, empty_rows
+    from featurize.clip import channel_bounds, empty_rows
 
     rng = np.random.default_rng(1)
     values = rng.normal(0.0, 3.0, size=(200, 30)).astype(np.float32)
