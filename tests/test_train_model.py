@@ -146,3 +146,13 @@ def test_inception_v4_pools_become_convolutions_and_keep_the_checkpoint_keys():
     assert not any(type(m) is torch.nn.AvgPool2d for m in plain.modules())
     assert sum(isinstance(m, ConvAveragePool) for m in plain.modules()) == 14
     assert set(plain.state_dict()) == keys
+
+
+def test_average_pool_divisor_cache_stays_small_over_many_widths():
+    from train.model import ConvAveragePool
+
+    pool = ConvAveragePool(torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False))
+    for width in range(5, 60):
+        x = torch.randn(1, 2, 6, width)
+        torch.testing.assert_close(pool(x), torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+    assert len(pool._divisors) <= 16

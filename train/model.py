@@ -97,6 +97,8 @@ class ConvAveragePool(nn.Module):
             with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 ones = torch.ones(1, 1, *x.shape[-2:], device=x.device)
                 counts = F.conv2d(ones, ones.new_ones(1, 1, *self.kernel_size), None, self.stride, self.padding)
+            if len(self._divisors) >= 16:  # inputs of many widths (whole recordings): keep few
+                self._divisors.clear()
             self._divisors[key] = counts.to(summed.dtype)
         return self._divisors[key]
 
