@@ -16,33 +16,72 @@ from shared.config import FeaturizerConfig
 def clip_bounds(values: np.ndarray, *, percentiles: tuple[float, float]) -> tuple[float, float]:
     """Low and high percentile of ``values`` (any shape), in the values' units (dB).
 
-    Equals ``np.percentile(values, percentiles)`` (linear interpolation), read from one sort:
-    numpy's partition at the several ranks ``np.percentile`` asks for costs twice a sort here.
+    Equals ``np.percentile(values, percentiles)`` (linear interpolation), with the order
+    statistics read from each tail alone (:func:`order_statistics`).
     """
-    ordered = np.sort(np.asarray(values, dtype=np.float32), axis=None)
-    low, high = (_sorted_percentile(ordered, q) for q in percentiles)
+    flat = np.asarray(values, dtype=np.float32).ravel()
+    sample = np.sort(flat[:: max(1, flat.size // SELECT_SAMPLE)]) if flat.size > SELECT_MIN else None
+    low, high = (_percentile(flat, q, sample) for q in percentiles)
     return low, high
 
 
-def _sorted_percentile(ordered: np.ndarray, q: float) -> float:
-    """``np.percentile(ordered, q)`` of an ascending 1-D array, with numpy's arithmetic."""
-    virtual = (ordered.size - 1) * (q / 100.0)
-    below = min(max(int(np.floor(virtual)), 0), ordered.size - 1)
-    above = min(below + 1, ordered.size - 1)
+SELECT_MIN = 1 << 14  # fewer values than this are simply sorted
+SELECT_SAMPLE = 1 << 13  # about this many evenly spaced values estimate where a tail ends
+
+
+def order_statistics(flat: np.ndarray, below: int, above: int, sample: np.ndarray | None = None
+                     ) -> tuple[np.float32, np.float32]:
+    """``np.sort(flat)[below]`` and ``[above]`` (``below <= above``), exactly, without sorting it all.
+
+    A clip percentile sits in a tail (1 % or 0.1 % of the values): a sorted, evenly spaced
+    ``sample`` of ``flat`` gives a threshold a little past the wanted rank, the values on the tail's
+    side of it are sorted alone, and their count proves the threshold was far enough (all values
+    up to it are there, so their order is the full order). When it was not, ``flat`` is sorted
+    whole. Measured on 1,024 x 299 values: 0.5 ms against 1.7 ms for one sort.
+    """
+    n = flat.size
+    if sample is None or sample.size < 2:
+        ordered = np.sort(flat)
+        return ordered[below], ordered[above]
+    step = n / sample.size  # values per sample value
+    if below < n - 1 - above:  # the low tail: the smallest values, up to rank `above`
+        position = min(sample.size - 1, int(1.25 * (above + 1) / step) + 16)
+        tail = np.sort(flat[flat <= sample[position]])
+        if tail.size > above:
+            return tail[below], tail[above]
+    else:  # the high tail: the largest values, down to rank `below`
+        position = max(0, sample.size - 1 - int(1.25 * (n - below) / step) - 16)
+        tail = np.sort(flat[flat >= sample[position]])
+        if tail.size >= n - below:
+            offset = n - tail.size
+            return tail[below - offset], tail[above - offset]
+    ordered = np.sort(flat)  # the sample misled the threshold (structured values): sort everything
+    return ordered[below], ordered[above]
+
+
+def _percentile(flat: np.ndarray, q: float, sample: np.ndarray | None) -> float:
+    """``np.percentile(flat, q)`` of a 1-D array, with numpy's arithmetic."""
+    virtual = (flat.size - 1) * (q / 100.0)
+    below = min(max(int(np.floor(virtual)), 0), flat.size - 1)
+    above = min(below + 1, flat.size - 1)
     gamma = virtual - below
-    difference = np.float64(ordered[above] - ordered[below])  # float32 difference, as numpy's lerp
+    low, high = order_statistics(flat, below, above, sample)
+    difference = np.float64(high - low)  # float32 difference, as numpy's lerp
     if gamma >= 0.5:
-        return float(ordered[above] - difference * (1.0 - gamma))
-    return float(ordered[below] + difference * gamma)
+        return float(high - difference * (1.0 - gamma))
+    return float(low + difference * gamma)
 
 
 def column_medians(values: np.ndarray) -> np.ndarray:
-    """``np.median(values, axis=0)`` of float32 ``(columns, rows)``, read from one sort (3x faster)."""
-    ordered = np.sort(values, axis=0)
-    half = ordered.shape[0] // 2
-    if ordered.shape[0] % 2:
-        return ordered[half]
-    return (ordered[half - 1] + ordered[half]) / ordered.dtype.type(2)
+    """``np.median(values, axis=0)`` of float32 ``(columns, rows)``, read from one sort (3x faster).
+
+    Each row's values are made contiguous first: sorting along the strided axis cost 1.2x.
+    """
+    ordered = np.sort(np.ascontiguousarray(values.T), axis=1)
+    half = ordered.shape[1] // 2
+    if ordered.shape[1] % 2:
+        return ordered[:, half]
+    return (ordered[:, half - 1] + ordered[:, half]) / ordered.dtype.type(2)
 
 
 def _reached(seeds: np.ndarray, passable: np.ndarray) -> np.ndarray:
@@ -83,8 +122,8 @@ def channel_bounds(values: np.ndarray, config: FeaturizerConfig) -> tuple[float,
     measured on calls over noise, the same sound as WAV and as 16 kHz audio resampled up differed
     by 125 grey levels on average below 5 kHz; with empty bands left out by 2 (MP3: 117 -> 14).
     """
-    return clip_bounds(values[:, ~empty_rows(values, empty_band_db=config.empty_band_db)],
-                       percentiles=config.clip_percentiles)
+    kept = np.compress(~empty_rows(values, empty_band_db=config.empty_band_db), values, axis=1)  # C-ordered
+    return clip_bounds(kept, percentiles=config.clip_percentiles)
 
 
 def to_uint8(values: np.ndarray, *, low: float, high: float) -> np.ndarray:
