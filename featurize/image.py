@@ -181,6 +181,12 @@ def column_period(config: FeaturizerConfig) -> Fraction:
 
 
 @lru_cache(maxsize=32)
+def frames_per_column(config: FeaturizerConfig, hop_length: int) -> Fraction:
+    """STFT frames per image column, exactly: :func:`column_period` / ``hop_length``."""
+    return column_period(config) / hop_length
+
+
+@lru_cache(maxsize=32)
 def pools_time(config: FeaturizerConfig, hop_length: int) -> bool:
     """True when columns pool frames (every column holds at least one frame centre)."""
     return config.time_resize != "bilinear" and hop_length <= column_period(config)
@@ -198,7 +204,7 @@ def column_frames(columns: np.ndarray, *, hop_length: int, config: FeaturizerCon
     Returns:
         int ``(k,)`` first frames and int ``(k,)`` end frames.
     """
-    step = column_period(config) / hop_length  # frames per column
+    step = frames_per_column(config, hop_length)
     columns = np.asarray(columns, dtype=np.int64)
     first = _ceil_div(columns * step.numerator, step.denominator)
     end = _ceil_div((columns + 1) * step.numerator, step.denominator)
@@ -209,7 +215,7 @@ def column_frames(columns: np.ndarray, *, hop_length: int, config: FeaturizerCon
 
 def column_frame_positions(columns: np.ndarray, *, hop_length: int, config: FeaturizerConfig) -> np.ndarray:
     """Fractional STFT frame index at the centre of each image column, shape like ``columns``."""
-    return (np.asarray(columns, dtype=np.float64) + 0.5) * float(column_period(config) / hop_length)
+    return (np.asarray(columns, dtype=np.float64) + 0.5) * float(frames_per_column(config, hop_length))
 
 
 def _frames(signal: np.ndarray, first: np.ndarray, end: np.ndarray, *, n_fft: int, hop_length: int
@@ -271,7 +277,7 @@ def channel_columns(signal: np.ndarray, columns: np.ndarray, *, n_fft: int, hop_
         return resize_frequency(values, height=height, method=config.frequency_resize, out=out)
     positions = np.clip(column_frame_positions(columns, hop_length=hop_length, config=config), 0, n_frames - 1)
     low, high, weight = _linear_weights(positions, n_frames)
-    if np.all(np.diff(columns) == 1):  # a block: one strided read of the frames it spans
+    if columns[-1] - columns[0] == columns.size - 1:  # a block (columns increase): one strided read
         frames = frame_range(signal, int(low[0]), int(high[-1]) + 1, n_fft=n_fft, hop_length=hop_length)
         low, high = low - low[0], high - low[0]
     else:  # a sparse sample of columns: only the frames they read
@@ -399,9 +405,9 @@ class MultiscaleImage:
                 values = self.values[channel][start:stop]
             else:
                 values = block_values(self.signal, start, stop, n_fft=n_fft, hop_length=hop, config=config)
-            pixels = to_uint8(values, low=low, high=high)  # (columns, rows), transposed in tiles that
-            for first in range(0, stop - start, TRANSPOSE_TILE):  # stay in cache (15 % faster than whole)
-                out[channel, :, first : first + TRANSPOSE_TILE] = pixels[first : first + TRANSPOSE_TILE].T
+            for first in range(0, stop - start, TRANSPOSE_TILE):  # (columns, rows) -> (rows, columns) by
+                tile = values[first : first + TRANSPOSE_TILE]  # tiles that stay in cache while quantised
+                out[channel, :, first : first + TRANSPOSE_TILE] = to_uint8(tile, low=low, high=high).T
         release_pages(self.signal)  # a disk-backed signal keeps only the block being computed resident
         return out
 

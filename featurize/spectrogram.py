@@ -73,14 +73,21 @@ def frames_at(signal: np.ndarray, frame_indices: np.ndarray, *, n_fft: int, hop_
 def frame_range(signal: np.ndarray, start: int, stop: int, *, n_fft: int, hop_length: int) -> np.ndarray:
     """Frames ``start .. stop - 1``, shape ``(stop - start, n_fft)``, like :func:`frames_at`.
 
-    Away from the signal's ends this is a strided read-only view (no copy); near the ends it
-    falls back to the zero-padded gather.
+    A strided read-only view: of the signal itself away from its ends, else of a zero-padded
+    copy of the samples the frames span (a few times fewer values than gathering the frames).
     """
     signal = np.asarray(signal, dtype=np.float32)
+    if stop <= start:
+        return np.zeros((0, n_fft), dtype=np.float32)
     first = start * hop_length - n_fft // 2
-    last = (stop - 1) * hop_length - n_fft // 2
-    if stop <= start or first < 0 or last + n_fft > signal.shape[0]:
-        return frames_at(signal, np.arange(start, stop), n_fft=n_fft, hop_length=hop_length)
+    end = (stop - 1) * hop_length - n_fft // 2 + n_fft  # one past the last frame's last sample
+    n = signal.shape[0]
+    if first < 0 or end > n:
+        padded = np.zeros(end - first, dtype=np.float32)
+        lo, hi = max(first, 0), min(end, n)
+        if hi > lo:
+            padded[lo - first : hi - first] = signal[lo:hi]
+        signal, first = padded, 0
     return np.lib.stride_tricks.as_strided(signal[first:], shape=(stop - start, n_fft), writeable=False,
                                            strides=(hop_length * signal.strides[0], signal.strides[0]))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+from functools import lru_cache
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -59,7 +60,9 @@ def consolidate(group: zarr.Group) -> None:
         zarr.consolidate_metadata(group.store)
 
 
+@lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
+    """Versions of the packages that make the image (importlib.metadata: 20 ms a call, so once)."""
     names = ("soundception", "numpy", "scipy", "soundfile", "soxr", "zarr", "numcodecs")
     found = {}
     for name in names:
@@ -121,7 +124,7 @@ def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dic
         "schema_version": schema.SCHEMA_VERSION,
         "featurizer_config": config.to_dict(),
         "config_hash": config_hash(config),
-        "versions": _versions(),
+        "versions": dict(_versions()),
         "audio_root": str(audio_root),
         "title": "Soundception multiscale spectrogram feature store",
     })

@@ -39,6 +39,22 @@ def test_frames_in_blocks_equal_frames_at_once():
     assert np.array_equal(whole, parts)
 
 
+def test_frame_range_equals_gathered_frames_at_the_ends_and_inside():
+    """The strided frames (zero-padded near the ends) are the gathered, zero-padded frames."""
+    from featurize.spectrogram import frame_range
+
+    rng = np.random.default_rng(3)
+    for size in (50, 127, 300, 5000):
+        signal = rng.standard_normal(size).astype(np.float32)
+        for n_fft, hop in ((128, 32), (512, 128), (2048, 512), (2048, 110)):
+            n = frame_count(size, hop_length=hop)
+            ranges = [(0, n), (0, 1), (n - 1, n), (n // 3, n // 2 + 1)] + [
+                tuple(sorted(rng.integers(0, n + 1, 2))) for _ in range(5)]
+            for start, stop in ranges:
+                expected = frames_at(signal, np.arange(start, stop), n_fft=n_fft, hop_length=hop)
+                assert np.array_equal(frame_range(signal, start, stop, n_fft=n_fft, hop_length=hop), expected)
+
+
 def test_width_formula():
     assert CONFIG.width_for(15.0) == 2990
     assert CONFIG.width_for(60.0) == 11960
