@@ -144,7 +144,8 @@ def prepare_store(labelling: Labelling, audio_root: str | Path, store_url: str, 
         if class_id not in known:
             classes.append(class_id)  # appended, never sorted in: stored labels keep their index
         known[class_id] = name
-    store_io.set_classes(group, classes, [known[c] for c in classes])
+    if (classes, [known[c] for c in classes]) != store_io.stored_classes(group):  # unchanged: no rewrite
+        store_io.set_classes(group, classes, [known[c] for c in classes])
     class_index = {c: i for i, c in enumerate(classes)}
     entries = [{"id": r.id, "path": r.id, "label": class_index.get(r.label, -1),
                 "background": schema.BACKGROUND_SEPARATOR.join(r.background)} for r in labelling.recordings]

@@ -86,12 +86,10 @@ def _compressors(zstd_level: int = 0) -> list[Any]:
 
 def _vector(group: zarr.Group, name: str, dims: tuple[str, ...], dtype: str, fill: Any, chunk: int,
             attrs: dict[str, Any] | None = None) -> None:
-    array = group.create_array(
+    group.create_array(
         name, shape=(0,), chunks=(chunk,), dtype=str if dtype == "str" else dtype, fill_value=fill,
-        dimension_names=dims, compressors=_compressors(3),
+        dimension_names=dims, compressors=_compressors(3), attributes=attrs,
     )
-    if attrs:
-        array.attrs.update(attrs)
 
 
 def open_for_writing(url: str, config: FeaturizerConfig, *, storage_options: dict[str, Any] | None = None,
@@ -164,8 +162,8 @@ def _create_arrays(group: zarr.Group, config: FeaturizerConfig, *, time_chunk: i
         schema.IMAGE, shape=(0, channels, height, 0), chunks=chunks,
         shards=chunks[:3] + (time_chunk * shard_chunks,) if shard_chunks > 1 else None,
         dtype="uint8", fill_value=0, dimension_names=schema.IMAGE_DIMS, compressors=_compressors(zstd_level),
-    ).attrs.update({"long_name": "multiscale log-spectrogram image (R, G, B = FFT windows)",
-                    "valid_width": "n_frames"})
+        attributes={"long_name": "multiscale log-spectrogram image (R, G, B = FFT windows)", "valid_width": "n_frames"},
+    )
     _vector(group, schema.FILE, (schema.FILE,), "str", "", PER_FILE_CHUNK)
     for name, (dims, dtype, fill) in schema.PER_FILE.items():
         _vector(group, name, dims, dtype, fill, PER_FILE_CHUNK,
@@ -177,9 +175,9 @@ def _create_arrays(group: zarr.Group, config: FeaturizerConfig, *, time_chunk: i
                                  dimension_names=(schema.CHANNEL,))
     channel[:] = np.array(config.channel_names)
     freq = group.create_array(schema.FREQ, shape=(height,), dtype="float32", fill_value=0.0,
-                              dimension_names=(schema.FREQ,))
+                              dimension_names=(schema.FREQ,),
+                              attributes={"units": "Hz", "long_name": "frequency of the image row"})
     freq[:] = schema.freq_coordinate(config)
-    freq.attrs.update({"units": "Hz", "long_name": "frequency of the image row"})
     _vector(group, schema.TIME, (schema.TIME,), "float64", 0.0, 1 << 16,
             {"units": "s", "long_name": "time of the column centre from the start of the recording"})
 
