@@ -1,11 +1,12 @@
 """End-to-end featurization speed (decode -> store), Soundception versus a plain reference.
 
 Both run in one process on the same generated corpus (44.1 kHz mono wav, so both resample),
-timed in CPU seconds of every thread of the process (``time.process_time``); the serial rows run
-``--repeats`` times, interleaved, and each keeps its least CPU time (load from elsewhere on the
-machine only ever adds time, and on a shared 2-core machine it added up to 40 %). Then Soundception
-runs on a dask LocalCluster with 1 and 2 single-threaded workers to show scaling (wall time; the
-least CPU of `--repeats` runs on each cluster).
+timed in CPU seconds of every thread of the process (``time.process_time``). Soundception also
+runs on dask LocalClusters of 1 and 2 single-threaded workers (CPU of all the cluster's workers; the
+driver's own CPU is not counted, as on a real cluster it runs elsewhere). Every row runs once per
+round, rounds are interleaved (``--repeats``), and each row keeps its least CPU time: load from
+elsewhere on the machine only ever adds time, and on a shared 2-core VM the same code's runs
+spread by up to 2x, in spells that a round's rows share.
 Finally a long recording checks that memory stays bounded (peak RSS growth while featurizing).
 
 The reference is what one would write without this project, computing the same image: ``librosa.load``
@@ -209,24 +210,25 @@ def librosa_featurize(audio: Path, store: Path) -> None:
         featurize_store(audio, str(store), labels="none")
 
 
-def cpu_run(function, *args) -> tuple[float, float]:
+def cpu_run(function, *args, **kwargs) -> tuple[float, float]:
+    """CPU seconds (every thread of this process) and wall seconds of ``function(*args, **kwargs)``."""
     wall, cpu = time.perf_counter(), time.process_time()
-    function(*args)
+    function(*args, **kwargs)
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def dask_run(audio: Path, store: Path, workers: int, *, dask_malloc: bool = False,
-             repeats: int = 1) -> tuple[float, float]:
-    """CPU seconds (all workers) and wall seconds on a LocalCluster of ``workers`` processes, the
-    run with the least CPU of ``repeats`` on the same cluster.
+def open_cluster(workers: int, *, dask_malloc: bool = False):
+    """A LocalCluster client of ``workers`` single-threaded processes, its imports done (steady state).
 
     ``dask_malloc`` keeps dask's own MALLOC_TRIM_THRESHOLD_ in the workers (to show its cost).
     """
     from distributed import Client, LocalCluster
 
     from featurize.cluster import local_client, prepare_worker
-    from featurize.pipeline import featurize_store
 
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Port .* is already in use")  # three clusters at once
     if dask_malloc:
         saved = dict(os.environ)  # dask's nannies leave their variables in this process's environment
         client = Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
@@ -234,17 +236,20 @@ def dask_run(audio: Path, store: Path, workers: int, *, dask_malloc: bool = Fals
         os.environ.update(saved)
     else:
         client = local_client(workers, dashboard_address=None)
-    with client.cluster, client:
-        client.run(prepare_worker)  # imports done, as on the local cluster: steady state
-        runs = []
-        for k in range(repeats):
-            before = sum(client.run(time.process_time).values())
-            wall = time.perf_counter()
-            summary = featurize_store(audio, str(store) + (f".{k}" if k else ""), labels="none", client=client)
-            wall = time.perf_counter() - wall
-            runs.append((sum(client.run(time.process_time).values()) - before, wall))
-            assert summary.failed == 0
-    return min(runs)
+    client.run(prepare_worker)
+    return client
+
+
+def dask_run(client, audio: Path, store: Path) -> tuple[float, float]:
+    """CPU seconds (all the cluster's workers) and wall seconds of one run on ``client``'s cluster."""
+    from featurize.pipeline import featurize_store
+
+    before = sum(client.run(time.process_time).values())
+    wall = time.perf_counter()
+    summary = featurize_store(audio, str(store), labels="none", client=client)
+    wall = time.perf_counter() - wall
+    assert summary.failed == 0
+    return sum(client.run(time.process_time).values()) - before, wall
 
 
 # VmHWM (peak resident set of this process image) rather than ru_maxrss, which a child
@@ -289,7 +294,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--long-minutes", type=float, default=30.0)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each serial row (the least CPU kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of timed runs of every row (the least CPU kept)")
     args = parser.parse_args()
     from featurize.pipeline import featurize_store
 
@@ -302,25 +307,32 @@ def main() -> None:
         paths = sorted(audio.glob("*.wav"))
         reference_featurize(paths[:1], root / "warm.zarr", config)  # imports, caches
         featurize_store(audio, str(root / "warm2.zarr"), labels="none")
-        serial = {  # name -> run writing the store `<name><k>.zarr`
-            "reference": lambda store: reference_featurize(paths, store, config),
-            "serial": lambda store: featurize_store(audio, str(store), labels="none"),
-            "librosa": lambda store: librosa_featurize(audio, store),
-            "old": lambda store: featurize_store(audio, str(store), labels="none", config=BEFORE),
+        clusters = {"dask1": open_cluster(1), "dask2": open_cluster(2), "trim": open_cluster(1, dask_malloc=True)}
+        runs = {  # name -> run writing the store it is given
+            "reference": lambda store: cpu_run(reference_featurize, paths, store, config),
+            "serial": lambda store: cpu_run(featurize_store, audio, str(store), labels="none"),
+            "librosa": lambda store: cpu_run(librosa_featurize, audio, store),
+            "old": lambda store: cpu_run(featurize_store, audio, str(store), labels="none", config=BEFORE),
+            **{name: (lambda store, client=client: dask_run(client, audio, store)) for name, client in clusters.items()},
         }
-        timings = {name: [] for name in serial}
-        for k in range(args.repeats):  # interleaved: a busy spell slows every run alike, and the least is kept
-            for name, run in serial.items():
+        for client in clusters.values():  # each cluster's first run warms its workers
+            dask_run(client, audio, root / "warm-dask.zarr")
+            shutil.rmtree(root / "warm-dask.zarr")
+        timings = {name: [] for name in runs}
+        # rounds of every row, interleaved: a busy spell on the machine slows the rows of its round
+        # alike, and each row keeps its least CPU time
+        for k in range(args.repeats):
+            for name, run in runs.items():
                 store = root / f"{name}.zarr" if k == 0 else root / f"{name}{k}.zarr"
-                timings[name].append(cpu_run(run, store))
+                timings[name].append(run(store))
                 if k:
                     shutil.rmtree(store)
-        (ref_cpu, ref_wall), (ours_cpu, ours_wall), (lib_cpu, lib_wall), (old_cpu, old_wall) = (
-            min(timings[name]) for name in serial)
+        for client in reversed(clusters.values()):  # last opened first: each restores the log level it found
+            client.close()
+            client.cluster.close()
+        (ref_cpu, ref_wall), (ours_cpu, ours_wall), (lib_cpu, lib_wall), (old_cpu, old_wall), \
+            (one_cpu, one_wall), (two_cpu, two_wall), (trim_cpu, trim_wall) = (min(timings[name]) for name in runs)
         agreement = image_agreement(root, len(paths))
-        one_cpu, one_wall = dask_run(audio, root / "dask1.zarr", 1, repeats=args.repeats)
-        two_cpu, two_wall = dask_run(audio, root / "dask2.zarr", 2, repeats=args.repeats)
-        trim_cpu, trim_wall = dask_run(audio, root / "dask-trim.zarr", 1, dask_malloc=True, repeats=args.repeats)
         cold = [cold_run(audio, root / f"cold{k}.zarr", librosa=k % 2 == 1) for k in range(4)]  # alternating
         peak, signal_mb, spectrogram_mb, image_mb = long_file_memory(root, args.long_minutes)
     finally:
