@@ -19,6 +19,7 @@ import ctypes.util
 import gc
 import importlib
 import json
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -270,9 +271,23 @@ def batch_client(system: str, jobs: int, options: dict[str, Any] | None = None, 
     return client
 
 
+def quiet_logs() -> str:
+    """Run on the workers of a cluster about to be closed: their dask logs go silent. A worker's
+    heartbeat cut short by the scheduler's close is logged as an error with a traceback
+    (dask/distributed#7192), which after Ctrl-C printed under the run's one-line message.
+    Returns the level name, for tests."""
+    logger = logging.getLogger("distributed")
+    logger.setLevel(logging.CRITICAL)
+    return logging.getLevelName(logger.getEffectiveLevel())
+
+
 def close_client(client: Any, *, own_cluster: bool) -> None:
-    """Close ``client``, and its cluster when this run started it (a ``--scheduler`` is left running)."""
+    """Close ``client``, and its cluster when this run started it (a ``--scheduler`` is left
+    running, its workers' logs untouched)."""
     cluster = client.cluster
+    if cluster is not None and own_cluster:
+        with contextlib.suppress(Exception):
+            client.run(quiet_logs)
     with contextlib.suppress(Exception):
         client.close()
     if cluster is not None and own_cluster:
