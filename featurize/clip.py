@@ -13,6 +13,10 @@ import numpy as np
 from shared.config import FeaturizerConfig
 
 
+SELECT_MIN = 1 << 14  # fewer values than this are simply sorted
+SELECT_SAMPLE = 1 << 13  # about this many evenly spaced values estimate where a tail ends
+
+
 def clip_bounds(values: np.ndarray, *, percentiles: tuple[float, float]) -> tuple[float, float]:
     """Low and high percentile of ``values`` (any shape), in the values' units (dB).
 
@@ -25,10 +29,6 @@ def clip_bounds(values: np.ndarray, *, percentiles: tuple[float, float]) -> tupl
     return low, high
 
 
-SELECT_MIN = 1 << 14  # fewer values than this are simply sorted
-SELECT_SAMPLE = 1 << 13  # about this many evenly spaced values estimate where a tail ends
-
-
 def order_statistics(flat: np.ndarray, below: int, above: int, sample: np.ndarray | None = None
                      ) -> tuple[np.float32, np.float32]:
     """``np.sort(flat)[below]`` and ``[above]`` (``below <= above``), exactly, without sorting it all.
@@ -37,7 +37,7 @@ def order_statistics(flat: np.ndarray, below: int, above: int, sample: np.ndarra
     ``sample`` of ``flat`` gives a threshold a little past the wanted rank, the values on the tail's
     side of it are sorted alone, and their count proves the threshold was far enough (all values
     up to it are there, so their order is the full order). When it was not, ``flat`` is sorted
-    whole. Measured on 1,024 x 299 values: 0.5 ms against 1.7 ms for one sort.
+    whole. Measured on 1,024 x 299 values: 0.6 ms against 1.8 ms for one sort.
     """
     n = flat.size
     if sample is None or sample.size < 2:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-from functools import lru_cache
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
