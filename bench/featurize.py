@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 # run as a script, this file's folder comes first on sys.path and "featurize" would name this file
@@ -225,8 +226,6 @@ def open_cluster(workers: int, *, dask_malloc: bool = False):
     from distributed import Client, LocalCluster
 
     from featurize.cluster import local_client, prepare_worker
-
-    import warnings
 
     warnings.filterwarnings("ignore", message="Port .* is already in use")  # three clusters at once
     if dask_malloc:

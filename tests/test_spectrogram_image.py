@@ -173,13 +173,13 @@ def test_clip_bounds_from_the_tails_equal_numpy_on_large_arrays():
     an evenly spaced sample, checked by count); they still equal ``np.percentile`` exactly, on
     noise, ties, sorted values, and values laid out so the sample misleads the threshold (then
     the whole array is sorted)."""
-    from featurize.clip import SELECT_MIN, order_statistics
+    from featurize.clip import SELECT_MIN, SELECT_SAMPLE, order_statistics
 
     rng = np.random.default_rng(10)
     n = 4 * SELECT_MIN + 7
     noise = (rng.standard_normal(n) * 20 - 40).astype(np.float32)
     misleading = np.zeros(n, dtype=np.float32)
-    misleading[:: n // 8192] = -1000.0  # exactly the sampled positions hold the smallest values
+    misleading[:: n // SELECT_SAMPLE] = -1000.0  # exactly the sampled positions hold the smallest values
     cases = {"noise": noise, "ties": np.round(noise / 5), "constant": np.full(n, -7.5, np.float32),
              "ascending": np.sort(noise), "descending": np.sort(noise)[::-1].copy(), "misleading": misleading,
              "misleading high": -misleading, "image": noise[: n // 7 * 7].reshape(-1, 7)[:, :5]}
@@ -187,7 +187,7 @@ def test_clip_bounds_from_the_tails_equal_numpy_on_large_arrays():
         for percentiles in ((1.0, 99.9), (0.0, 100.0), (5.0, 95.0), (0.013, 99.987), (49.0, 51.0)):
             assert clip_bounds(values, percentiles=percentiles) == tuple(np.percentile(values, percentiles)), name
     ordered = np.sort(noise)
-    sample = np.sort(noise[:: n // 8192])
+    sample = np.sort(noise[:: n // SELECT_SAMPLE])
     for below in (0, 1, 3, 650, n // 2, n - 651, n - 2, n - 1):
         above = min(below + 1, n - 1)
         assert order_statistics(noise, below, above, sample) == (ordered[below], ordered[above])
