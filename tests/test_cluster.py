@@ -234,34 +234,69 @@ def test_jobs_that_never_start_are_cancelled_with_one_line(tmp_path, small_corpu
     assert not (tmp_path / "s.zarr").exists()
 
 
+HOLD_PRELOAD = """
+# dask worker preload: the file named by SOUNDCEPTION_TEST_HOLD is decoded only once the file named
+# by SOUNDCEPTION_TEST_RELEASE exists, so a run cannot finish before the test lets it
+import os
+import time
+
+import featurize.pipeline as pipeline
+
+_decode = getattr(pipeline.decode, "unheld", pipeline.decode)  # dask may run a preload more than once
+
+
+def _held_decode(source, **options):
+    if str(source) == os.environ["SOUNDCEPTION_TEST_HOLD"]:
+        while not os.path.exists(os.environ["SOUNDCEPTION_TEST_RELEASE"]):
+            time.sleep(0.05)
+    return _decode(source, **options)
+
+
+_held_decode.unheld = _decode
+pipeline.decode = _held_decode
+"""
+
+
 def test_ctrl_c_prints_one_line_and_the_rerun_keeps_finished_files(tmp_path):
     from featurize.synthetic import make_dataset
 
     make_dataset(tmp_path / "data", n_species=2, files_per_species=10, min_seconds=20, max_seconds=40, seed=3)
+    audio = tmp_path / "data" / "audio"
+    held = sorted(audio.rglob("*.wav"))[0]
+    preload = tmp_path / "hold_one_file.py"
+    preload.write_text(HOLD_PRELOAD)
+    release = tmp_path / "release"
+    environment = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(preload)]),
+                   "SOUNDCEPTION_TEST_HOLD": str(held), "SOUNDCEPTION_TEST_RELEASE": str(release)}
     store = tmp_path / "s.zarr"
-    command = [str(BIN / "soundception"), "featurize", str(tmp_path / "data" / "audio"), "--store", str(store),
+    command = [str(BIN / "soundception"), "featurize", str(audio), "--store", str(store),
                "--workers", "2", "--labels", "none"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until some files are done
-        time.sleep(0.5)
-        try:
-            if (FeatureStore(str(store)).table["status"] == "done").sum() >= 2:
-                break
-        except Exception:
-            pass
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
-    output, _ = process.communicate(timeout=60)
+                               start_new_session=True, env=environment)
+    try:
+        deadline = time.monotonic() + 120  # a bound on a hang, not a wait on speed: the held file keeps it running
+        while time.monotonic() < deadline:  # wait until some files are done
+            time.sleep(0.5)
+            try:
+                if (FeatureStore(str(store)).table["status"] == "done").sum() >= 2:
+                    break
+            except Exception:
+                pass
+        assert process.poll() is None, "the run ended while one of its files was held"
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal does: the whole process group
+        output, _ = process.communicate(timeout=60)
+    finally:
+        release.touch()  # whatever happened, no worker waits on after the test
     assert process.returncode == 130, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert "Traceback" not in output, output
     assert lines[-1].startswith("interrupted: files finished so far are kept")
     done = FeatureStore(str(store)).table["status"] == "done"
     assert 2 <= done.sum() < 20
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{int(done.sum())} already done, skipped" in rerun.stdout
+    assert (FeatureStore(str(store)).table["status"] == "done").all()
 
 
 def test_a_locked_store_is_refused_before_any_job_is_submitted(batch_system, small_corpus, tmp_path):
