@@ -7,6 +7,15 @@ SC     := $(VENV)/bin/soundception
 
 .PHONY: demo test bench
 
+# Real bird recordings for bench/codecs.py, from the PyPI wheels that ship them (a registry download, once).
+REAL_WHEELS := opensoundscape==0.13.2 hawkears==2.3.0 vocalpy==0.10.3
+bench/data/real: | $(VENV)/bin/python
+	mkdir -p bench/data/wheels $@
+	$(PIP) download -q --no-deps -d bench/data/wheels $(REAL_WHEELS)
+	cd bench/data/wheels && for w in *.whl; do unzip -o -j -q $$w '*/sample_data/birds_10s.wav' '*/recordings/CommonYellowthroat.mp3' \
+		'*/examples/bl26lb16.wav' '*/examples/bells.wav' '*/examples/samba.wav' '*/examples/simple.wav' \
+		'*/examples/flashcam.wav' '*/examples/WhiLbl0010_110411-DC-01.wav' -d ../real 2>/dev/null || true; done
+
 # A small backbone and 3 s crops so the demo trains on 2 CPU cores in a few minutes.
 DEMO_TRAIN_ARGS := --backbone mobilenetv3_small_100 --crop-seconds 3 --stage1-steps 20 --stage1-lr 2e-3 \
 	--stage1-warmup 5 --stage2-steps 200 --stage2-batch-size 8 --stage2-lr 2e-3 --stage2-warmup 10 \
@@ -38,7 +47,8 @@ demo: $(VENV)/.dev-installed
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-bench: $(VENV)/.dev-installed
+bench: $(VENV)/.dev-installed bench/data/real
+	$(PY) bench/codecs.py --out bench/results/codecs.json
 	$(PY) bench/featurize.py
 	$(PY) bench/loader.py
 	$(PY) bench/train_step.py

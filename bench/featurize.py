@@ -74,20 +74,10 @@ def recorded_rows(image: np.ndarray, empty_band_db: float) -> np.ndarray:
     """bool (rows,): rows left in the clip percentiles, from every column (the project reads 1,024).
 
     A row whose median sits more than ``empty_band_db`` under the 90th percentile of the row
-    medians is empty, and so are the quiet rows (10 dB under) joined to it: the resampler's
-    roll-off above 10.5 kHz here.
+    medians is empty.
     """
     medians = np.median(image, axis=1)
-    level = np.percentile(medians, 90)
-    quiet, empty = medians < level - 10.0, medians < level - empty_band_db
-    keep = ~empty
-    for start in np.flatnonzero(empty):
-        for step in (-1, 1):
-            row = start + step
-            while 0 <= row < len(keep) and quiet[row] and keep[row]:
-                keep[row] = False
-                row += step
-    return keep
+    return medians >= np.percentile(medians, 90) - empty_band_db
 
 
 def reference_featurize(paths: list[Path], store: Path, config: FeaturizerConfig) -> None:
@@ -118,7 +108,10 @@ def reference_featurize(paths: list[Path], store: Path, config: FeaturizerConfig
             if not pooled:  # expansions last: interpolate at each column's centre
                 positions = (np.arange(width) + 0.5) * column / hop
                 image = np.stack([np.interp(positions, np.arange(image.shape[1]), row) for row in image])
-            low, high = np.percentile(image[recorded_rows(image, config.empty_band_db)], config.clip_percentiles)
+            background, ceiling = np.percentile(image[recorded_rows(image, config.empty_band_db)],
+                                                [config.background_percentile, config.ceiling_percentile])
+            low = max(background + config.floor_db, ceiling - config.dynamic_range_db[1])  # the documented rule
+            high = max(ceiling, low + config.dynamic_range_db[0])
             channels.append(np.round((np.clip(image, low, high) - low) / (high - low + 1e-9) * 255).astype(np.uint8))
         group.create_array(f"img{k}", data=np.stack(channels))
 

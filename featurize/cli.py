@@ -82,11 +82,15 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
               help="Frames -> columns: loudest frame in each column (max), their mean (area), or bilinear.")
 @click.option("--frequency-resize", type=click.Choice(RESIZE_METHODS), default=_DEFAULT.frequency_resize,
               show_default=True, help="FFT bins -> 299 rows: max, area or bilinear.")
-@click.option("--clip-percentiles", type=(float, float), default=_DEFAULT.clip_percentiles, show_default=True,
-              help="Percentiles of each channel's resized dB values mapped to 0 and 255 (outliers clipped).")
+@click.option("--floor-db", type=float, default=_DEFAULT.floor_db, show_default=True,
+              help="Grey 0 sits this many dB above each channel's background level (its median).")
+@click.option("--ceiling-percentile", type=float, default=_DEFAULT.ceiling_percentile, show_default=True,
+              help="Percentile of each channel's dB values mapped to 255 (louder outliers clipped).")
+@click.option("--dynamic-range-db", type=(float, float), default=_DEFAULT.dynamic_range_db, show_default=True,
+              help="Least and most dB between grey 0 and grey 255.")
 @click.option("--empty-band-db", type=float, default=_DEFAULT.empty_band_db, show_default=True,
-              help="Rows this far below the typical row level (a codec's cut-off band) are left out of the clip "
-                   "percentiles ('inf': keep all).")
+              help="Rows this far below the typical row level (a codec's cut-off band) are left out of the "
+                   "background level ('inf': keep all).")
 @click.option("--time-chunk", type=int, default=1024, show_default=True,
               help="Image columns per Zarr chunk (new stores only).")
 @click.option("--shard-chunks", type=click.IntRange(min=1), default=1, show_default=True,
@@ -102,7 +106,8 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
                       worker_wait: float, print_job_script: bool, serial: bool, redo_corrupt: bool,
                       dashboard: bool, retry_failed: bool, new_audio_root: bool, min_duration: float,
                       hop_lengths: tuple[int, int, int], time_resize: str,
-                      frequency_resize: str, clip_percentiles: tuple[float, float], time_chunk: int, shard_chunks: int,
+                      frequency_resize: str, floor_db: float, ceiling_percentile: float,
+                      dynamic_range_db: tuple[float, float], time_chunk: int, shard_chunks: int,
                       zstd_level: int, storage_options: dict | None, config_file: str | None,
                       empty_band_db: float) -> None:
     """Featurize every recording under AUDIO_DIR (a folder or an fsspec URL such as s3://bucket/audio)
@@ -114,7 +119,8 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     config = _config(config_file, min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
-                     frequency_resize=frequency_resize, clip_percentiles=clip_percentiles, empty_band_db=empty_band_db)
+                     frequency_resize=frequency_resize, floor_db=floor_db, ceiling_percentile=ceiling_percentile,
+                     dynamic_range_db=dynamic_range_db, empty_band_db=empty_band_db)
     try:
         options = cluster.read_cluster_config(cluster_config)
         if print_job_script:

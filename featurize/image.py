@@ -355,7 +355,9 @@ class MultiscaleImage:
         signal: mono float32 ``(n,)`` at ``config.sample_rate`` (already self-concatenated).
         config: the featurizer config.
         width: image width in pixels, ``round(pixels_per_second * n / sample_rate)``.
-        bounds: per channel ``(low, high)`` clip bounds in dB.
+        bounds: per channel ``(floor, ceiling)`` clip bounds in dB (:mod:`featurize.clip`).
+        silent: every channel's sampled values are one constant (digital silence): the image is
+            all zeros.
         values: per channel float32 dB ``(width, image_height)`` when the image was computed in
             one pass (it fits in :data:`ONE_PASS_BYTES`), else ``None`` (blocks are computed as read).
     """
@@ -364,6 +366,7 @@ class MultiscaleImage:
     config: FeaturizerConfig
     width: int
     bounds: tuple[tuple[float, float], ...]
+    silent: bool = False
     values: tuple[np.ndarray, ...] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -381,18 +384,14 @@ class MultiscaleImage:
         if not is_disk_backed(signal) and 4 * width * config.image_height * len(channels) <= ONE_PASS_BYTES:
             values = tuple(block_values(signal, 0, width, n_fft=n_fft, hop_length=hop, config=config)
                            for n_fft, hop in channels)
-            bounds = tuple(channel_bounds(channel[sampled], config) for channel in values)
-            return cls(signal=signal, config=config, width=width, bounds=bounds, values=values)
-        bounds = tuple(
-            channel_bounds(_sampled_columns(signal, sampled, n_fft=n_fft, hop_length=hop, config=config), config)
-            for n_fft, hop in channels
-        )
-        return cls(signal=signal, config=config, width=width, bounds=bounds)
-
-    @property
-    def silent(self) -> bool:
-        """True when every channel is constant (digital silence): the image is all zeros."""
-        return all(high - low <= 1e-6 for low, high in self.bounds)
+            samples = [channel[sampled] for channel in values]
+        else:
+            values = None
+            samples = [_sampled_columns(signal, sampled, n_fft=n_fft, hop_length=hop, config=config)
+                       for n_fft, hop in channels]
+        bounds = tuple(channel_bounds(sample, config) for sample in samples)
+        silent = all(sample.min() == sample.max() for sample in samples)
+        return cls(signal=signal, config=config, width=width, bounds=bounds, silent=silent, values=values)
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """Columns ``[start, stop)`` of the image: uint8 ``(channels, image_height, stop - start)``."""

@@ -42,8 +42,9 @@ def summary_lines(store: FeatureStore) -> list[str]:
     lines += [
         f"config      hash {store.config_hash}: {config.sample_rate} Hz, windows {list(config.fft_windows)}, "
         f"hops {'/'.join(map(str, config.hop_lengths))}, resize time {config.time_resize} / frequency {config.frequency_resize}, "
-        f"min_duration {config.min_duration:g} s, clip percentiles "
-        f"{list(config.clip_percentiles)}, {config.image_height} px per {config.image_seconds:g} s",
+        f"min_duration {config.min_duration:g} s, grey 0 at {config.floor_db:g} dB over the background, "
+        f"255 at the {config.ceiling_percentile:g}th percentile, {config.dynamic_range_db[0]:g}-"
+        f"{config.dynamic_range_db[1]:g} dB apart, {config.image_height} px per {config.image_seconds:g} s",
     ]
     if counts["failed"]:
         lines.append(f"failed      list them with: soundception inspect {store.url} --failed")

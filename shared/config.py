@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,14 +41,24 @@ class FeaturizerConfig:
             interpolated). The README gives the measurements behind both defaults.
         window: STFT window name (``scipy.signal.get_window``).
         amin: power floor before ``10 * log10`` so silence stays finite.
-        clip_percentiles: (low, high) percentiles of each log-spectrogram's values. Values outside
-            are clipped before scaling to 0..255, so a few very loud or empty bins do not squeeze
-            the rest of the image into a handful of grey levels.
+        background_percentile: percentile of a channel's dB values (empty bands left out) taken as
+            the recording's background level (50: the median; most of a recording is background).
+        floor_db: the clip floor, mapped to 0, sits this many dB above the background level. What
+            lies under it (the background, and the quiet detail a lossy codec drops or re-noises)
+            is black in every encoding of the same sound; sounds above it keep their contrast.
+        ceiling_percentile: percentile of a channel's dB values mapped to 255 (the loudest
+            0.1 % of values, outliers, are clipped).
+        dynamic_range_db: (least, most) dB between floor and ceiling. The floor rises to at most
+            ``most`` under the ceiling (a recording whose background is digital silence, or the
+            holes of an earlier lossy encoding); the ceiling rises to at least ``least`` above the
+            floor, so a recording of background alone stays dim instead of being stretched into
+            bright noise. ``background_percentile=1, floor_db=0, dynamic_range_db=(0, inf)`` gives
+            the bounds of schema 3 (the 1st and 99.9th percentiles), which lossy codecs move.
         empty_band_db: a frequency band whose rows sit more than this many dB under the recorded
             band's background (the 90th percentile of the rows' median levels) holds no sound: a
             lossy codec's cut-off band, or the empty top of audio recorded at a lower rate. Its
-            rows, and the roll-off next to them, are left out of the clip percentiles, so an MP3
-            or a 16 kHz recording gets the contrast of a WAV of the same sound (see the README).
+            rows are left out of the percentiles, so that a 16 kHz recording gets the floor of a
+            WAV of the same sound.
         percentile_columns: at most this many image columns, evenly spaced over the recording, are
             used to estimate the clip bounds. This keeps memory bounded for long recordings and
             makes the bounds independent of how the recording is cut into blocks.
@@ -65,7 +76,10 @@ class FeaturizerConfig:
     frequency_resize: str = "max"
     window: str = "hann"
     amin: float = 1e-10
-    clip_percentiles: tuple[float, float] = (1.0, 99.9)
+    background_percentile: float = 50.0
+    floor_db: float = 6.0
+    ceiling_percentile: float = 99.9
+    dynamic_range_db: tuple[float, float] = (20.0, 60.0)
     empty_band_db: float = 50.0
     percentile_columns: int = 1024
     image_height: int = 299
@@ -88,9 +102,14 @@ class FeaturizerConfig:
         for name in ("time_resize", "frequency_resize"):
             if getattr(self, name) not in RESIZE_METHODS:
                 raise ValueError(f"{name} must be one of {RESIZE_METHODS}, got {getattr(self, name)!r}")
-        low, high = self.clip_percentiles
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
+        if not 0.0 <= self.background_percentile < self.ceiling_percentile <= 100.0:
+            raise ValueError("background_percentile and ceiling_percentile must satisfy 0 <= background < ceiling "
+                             f"<= 100, got {self.background_percentile} and {self.ceiling_percentile}")
+        least, most = self.dynamic_range_db
+        if not 0.0 <= least <= most:
+            raise ValueError(f"dynamic_range_db must be (least, most) dB with 0 <= least <= most, got {self.dynamic_range_db}")
+        if not math.isfinite(self.floor_db):
+            raise ValueError(f"floor_db must be a finite number of dB, got {self.floor_db}")
         if self.image_height < 2 or self.image_seconds <= 0:
             raise ValueError("image_height must be >= 2 px and image_seconds > 0 s")
         if not self.empty_band_db > 0:
@@ -98,7 +117,9 @@ class FeaturizerConfig:
         if self.percentile_columns < 1:
             raise ValueError("percentile_columns must be >= 1")
         object.__setattr__(self, "fft_windows", tuple(int(w) for w in self.fft_windows))
-        object.__setattr__(self, "clip_percentiles", (float(low), float(high)))
+        object.__setattr__(self, "dynamic_range_db", (float(least), float(most)))
+        for name in ("background_percentile", "floor_db", "ceiling_percentile"):
+            object.__setattr__(self, name, float(getattr(self, name)))
         if not self.channel_names:
             object.__setattr__(self, "channel_names", tuple(f"fft{w}" for w in self.fft_windows))
         if len(self.channel_names) != len(self.fft_windows):
@@ -120,9 +141,12 @@ class FeaturizerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeaturizerConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        if "clip_percentiles" in data:
+            raise ValueError("this featurizer config is from before schema 4 (clip_percentiles): its images were "
+                             "scaled by another rule; featurize the audio into a new store")
         check_known_keys(data, (f.name for f in dataclasses.fields(cls)), "featurizer config")
         values = dict(data)
-        for key in ("fft_windows", "hop_lengths", "clip_percentiles", "channel_names"):
+        for key in ("fft_windows", "hop_lengths", "dynamic_range_db", "channel_names"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)

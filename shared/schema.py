@@ -30,7 +30,8 @@ from shared.config import FeaturizerConfig
 
 # 2: one hop per FFT window and pooled resizes (hop_lengths, time_resize, frequency_resize)
 # 3: empty frequency bands (codec cut-offs, upsampled audio) left out of the clip bounds (empty_band_db)
-SCHEMA_VERSION = 3
+# 4: grey 0 a fixed step above the background level, not the 1st percentile (codec-independent images)
+SCHEMA_VERSION = 4
 
 IMAGE = "image"
 IMAGE_DIMS = ("file", "channel", "freq", "time")

@@ -14,11 +14,13 @@ from shared.schema import freq_coordinate, time_coordinate
 
 CONFIG = FeaturizerConfig(min_duration=0.0)
 COLUMN = SR * 1.5 / 299  # samples per image column (110.6)
+TWO_DB = int(2 * 255 / 60)  # grey levels in 2 dB where the image spans its most, 60 dB (as in _scene)
 
 
 def _scene(seconds: float = 4.0) -> np.ndarray:
-    """Faint noise plus a steady 1 kHz tone that fixes the upper clip bound (it fills > 0.1 % of pixels)."""
-    return noise(seconds, seed=11, amplitude=1e-3) + tone(1000.3, seconds, amplitude=0.5)
+    """Faint noise plus a steady 1 kHz tone that fixes the ceiling (it fills > 0.1 % of pixels), about
+    50 dB over the noise: inside the 60 dB the image spans at most, as in a recording."""
+    return noise(seconds, seed=11, amplitude=1e-3) + tone(1000.3, seconds, amplitude=0.05)
 
 
 def _tone_burst(at: int) -> np.ndarray:
@@ -37,7 +39,7 @@ def _click(at: int) -> np.ndarray:
 @pytest.mark.parametrize("make", [_tone_burst, _click], ids=["3ms-tone-burst", "8-sample-click"])
 def test_short_sound_brightness_does_not_depend_on_where_it_falls(make):
     """Slide the sound across one column period in 10 steps: its peak grey level per channel
-    moves by only a few levels (with one shared 110-sample hop the 128-point channel moved 39-48)."""
+    moves by at most 2 dB (with one shared 110-sample hop a 3 ms note in the 128-point channel lost up to 18 dB)."""
     base = 2 * SR
     peaks = []
     for k in range(10):
@@ -47,13 +49,13 @@ def test_short_sound_brightness_does_not_depend_on_where_it_falls(make):
         peaks.append(image[:, :250, column - 10 : column + 10].reshape(3, -1).max(axis=1))  # rows above 1 kHz
     peaks = np.array(peaks, dtype=int)
     spread = peaks.max(axis=0) - peaks.min(axis=0)
-    assert np.all(spread <= 7), (peaks.min(axis=0), peaks.max(axis=0))
+    assert np.all(spread <= TWO_DB), (peaks.min(axis=0), peaks.max(axis=0))
     assert np.all(peaks.min(axis=0) > 60)  # and the sound is clearly visible in every channel
 
 
 def test_pure_tone_brightness_does_not_depend_on_its_exact_frequency():
     """A tone swept over one row spacing keeps its grey level in every channel (bilinear rows
-    read only 597 of the 2048-point spectrum's 1,025 bins: its level swung by 45 levels)."""
+    read only 597 of the 2048-point spectrum's 1,025 bins: its level swung by 45 grey levels under the earlier scaling)."""
     spacing = SR / 2 / 298
     peaks = []
     for k in range(12):
@@ -62,7 +64,7 @@ def test_pure_tone_brightness_does_not_depend_on_its_exact_frequency():
         image = multiscale_image(signal, CONFIG)
         peaks.append(image[:, :250, 250:350].reshape(3, -1).max(axis=1))
     peaks = np.array(peaks, dtype=int)
-    assert np.all(peaks.max(axis=0) - peaks.min(axis=0) <= 6), (peaks.min(axis=0), peaks.max(axis=0))
+    assert np.all(peaks.max(axis=0) - peaks.min(axis=0) <= TWO_DB), (peaks.min(axis=0), peaks.max(axis=0))
 
 
 def test_fine_time_channel_resolves_two_clicks_20_ms_apart():
@@ -104,7 +106,10 @@ def _reference_image(signal: np.ndarray, config: FeaturizerConfig) -> np.ndarray
         if not pooled:  # expansions last: interpolate at the column centre
             positions = (np.arange(width) + 0.5) * COLUMN / hop
             values = np.stack([np.interp(positions, np.arange(db.shape[1]), r) for r in values])
-        low, high = np.percentile(values, config.clip_percentiles)
+        # grey 0 at 6 dB over the median, 255 at the 99.9th percentile, 20 to 60 dB apart (no empty band here)
+        background, ceiling = np.percentile(values, [config.background_percentile, config.ceiling_percentile])
+        low = max(background + config.floor_db, ceiling - config.dynamic_range_db[1])
+        high = max(ceiling, low + config.dynamic_range_db[0])
         channels.append(np.round((np.clip(values, low, high) - low) / (high - low) * 255))
     return np.stack(channels)
 
@@ -121,15 +126,22 @@ def test_whole_image_matches_an_independent_librosa_reference():
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01  # float32 vs float64 rounding
 
 
-def test_scaling_is_the_percentile_clip_not_min_max():
-    """With bounds at the 1st and 99.9th percentile, about 1 % of pixels are 0 and 0.1 % are 255
-    (a min-max scaling would put one pixel at each end)."""
+def test_scaling_is_floor_over_the_median_and_the_999th_percentile_not_min_max():
+    """Noise swelling by 26 dB with a loud tone in its last second: grey 0 holds the values under
+    6 dB over the median (and half a grey level), and about 0.1 % of pixels are 255 (a min-max scaling would put one
+    pixel at each end). Bounds from numpy's percentiles of the whole image (every column sampled)."""
     signal = noise(6.0, seed=13) * np.linspace(0.05, 1.0, 6 * SR, dtype=np.float32)
+    signal[5 * SR :] += tone(2500.0, 1.0, amplitude=2.0)
     config = FeaturizerConfig(min_duration=0.0, percentile_columns=10**6)
-    image = multiscale_image(signal, config)
-    for channel in image:
-        assert 0.008 <= (channel == 0).mean() <= 0.013
-        assert 0.0007 <= (channel == 255).mean() <= 0.0014
+    planned = MultiscaleImage.plan(signal, config)
+    image = planned.block(0, planned.width)
+    for channel, values, (low, high) in zip(image, planned.values, planned.bounds):
+        background, ceiling = np.percentile(values, [50, 99.9])
+        assert low == pytest.approx(background + 6.0, abs=1e-4) and high == pytest.approx(ceiling, abs=1e-4)
+        assert 20 < high - low < 60  # neither clamp applies here
+        assert (channel == 0).mean() == pytest.approx((values < low + (high - low) / 510).mean(), abs=1e-4)  # rounded
+        assert (channel == 255).mean() == pytest.approx((values >= high - (high - low) / 510).mean(), abs=1e-4)
+        assert 0.0009 <= (values >= high).mean() <= 0.0011
 
 
 def test_sampled_columns_equal_the_same_columns_of_a_block():

@@ -277,7 +277,7 @@ def test_a_store_made_with_another_config_is_refused(trained_run, tmp_path):
     other = trained_run.config.__class__(**{**trained_run.config.to_dict(), "image_height": 48,
                                             "fft_windows": tuple(trained_run.config.fft_windows),
                                             "hop_lengths": tuple(trained_run.config.hop_lengths),
-                                            "clip_percentiles": tuple(trained_run.config.clip_percentiles),
+                                            "dynamic_range_db": tuple(trained_run.config.dynamic_range_db),
                                             "channel_names": tuple(trained_run.config.channel_names)})
     featurize_store(trained_run.audio, str(tmp_path / "other.zarr"), config=other, labels="none",
                     only=["sp00/XC000001.wav"])
