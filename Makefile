@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 SC     := $(VENV)/bin/soundception
 
-.PHONY: demo test bench
+.PHONY: demo test lint bench
 
 # Real bird recordings for bench/codecs.py, from the PyPI wheels that ship them (a registry download, once).
 REAL_WHEELS := opensoundscape==0.13.2 hawkears==2.3.0 vocalpy==0.10.3
@@ -44,7 +44,16 @@ demo: $(VENV)/.dev-installed
 	$(SC) score runs/demo/predictions/birdclef/recordings.txt demo_data/truth.csv
 	$(SC) explain --checkpoint runs/demo/checkpoints/last.pt demo_data/audio/sp02/XC000025.wav --out runs/demo/explain.png
 
-test: $(VENV)/.dev-installed
+# Lint and layers: ruff, then import-linter's layers contract (pyproject.toml) on the package as a
+# wheel installs it (soundception.featurize, .train, .shared, with imports inside functions counted).
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+	rm -rf build/layers && mkdir -p build/layers
+	$(PIP) wheel -q --no-deps -w build/layers/wheel . > build/layers/wheel.log 2>&1 || { cat build/layers/wheel.log; exit 1; }
+	$(PIP) install -q --no-deps --no-compile --target build/layers/tree build/layers/wheel/*.whl
+	cd build/layers && PYTHONPATH=tree ../../$(VENV)/bin/lint-imports --no-cache ../../pyproject.toml
+
+test: lint
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: $(VENV)/.dev-installed bench/data/real

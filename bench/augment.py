@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))  # bench_data; after the repo root (bench/featurize.py)
 
-from featurize.pipeline import featurize_store  # noqa: E402
-from bench_data import make_audio  # noqa: E402
-from shared.config import FeaturizerConfig  # noqa: E402
-from train.augment import AugmentConfig  # noqa: E402
+from soundception.featurize.pipeline import featurize_store
+from bench_data import make_audio
+from soundception.shared.config import FeaturizerConfig
+from soundception.train.augment import AugmentConfig
 
 # name -> augmentation spec (the CLI's --augment syntax); singles take the "paper" preset's strength
 CONDITIONS = {
@@ -57,8 +54,8 @@ QUICK_CONDITIONS = ("none", "hue", "paper", "default")
 def train_once(store: str, out: Path, *, spec: str, seed: int, steps: int, crop_seconds: float,
                batch_size: int, stage1_steps: int = 0) -> dict[str, float]:
     """One run from random weights; returns MAP, loss over the last 30 steps, seconds."""
-    from train.config import RunConfig, StageConfig
-    from train.loop import train
+    from soundception.train.config import RunConfig, StageConfig
+    from soundception.train.loop import train
 
     config = RunConfig(
         store=store, out=str(out), backbone="mobilenetv3_small_100", crop_seconds=crop_seconds, seed=seed,
@@ -83,7 +80,7 @@ def print_table(results: dict[str, list[dict[str, float]]], seeds: tuple[int, ..
     print(f"\n{'condition':<27} {'--augment':<42} {half + ' per seed':>16} {'mean':>5}  "
           f"{f'MAP@{steps} per seed':>17} {'mean':>5}  {'loss':>5}  {'s/run':>5}")
     for name, runs in results.items():
-        def column(key: str) -> str:
+        def column(key: str, runs: list = runs) -> str:
             values = [r[key] for r in runs]
             return f"{' '.join(f'{v:.3f}' for v in values):>16} {np.mean(values):5.3f}"
 

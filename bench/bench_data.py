@@ -21,7 +21,7 @@ def make_audio(root: Path, *, n_species: int, files_per_species: int, seconds: t
     """
     import soundfile
 
-    from featurize.synthetic import render_recording, species_table
+    from soundception.featurize.synthetic import render_recording, species_table
 
     table = species_table(n_species)
     labels, calls = [["path", "label", "background"]], [["file", "species", "start", "end", "low_hz", "high_hz",

@@ -22,9 +22,7 @@ dynamic_range_db=(0, inf)``.
 from __future__ import annotations
 
 import csv
-import io
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +30,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurize.audio import decode, self_concatenate  # noqa: E402
-from featurize.image import multiscale_image  # noqa: E402
-from featurize.synthetic import make_dataset  # noqa: E402
-from shared.config import FeaturizerConfig  # noqa: E402
+from soundception.featurize.audio import decode, self_concatenate
+from soundception.featurize.image import multiscale_image
+from soundception.featurize.synthetic import make_dataset
+from soundception.shared.config import FeaturizerConfig
 
 SOURCE_RATE = 44100
 RULES = {
@@ -171,7 +168,7 @@ def _write_corpus(files: list[str], data: Path, encoding: str | None, out: Path,
 
 
 def _featurize(corpus: Path, store: Path, config: FeaturizerConfig) -> str:
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.pipeline import featurize_store
 
     summary = featurize_store(corpus / "audio", str(store), config=config, metadata=corpus / "labels.csv")
     assert summary.failed == 0, summary.failures
@@ -179,8 +176,8 @@ def _featurize(corpus: Path, store: Path, config: FeaturizerConfig) -> str:
 
 
 def _train(store: str, out: Path) -> Path:
-    from train.config import RunConfig, StageConfig
-    from train.loop import train
+    from soundception.train.config import RunConfig, StageConfig
+    from soundception.train.loop import train
 
     config = RunConfig(store=store, out=str(out), seed=0, **TRAIN_ARGS,
                        stage1=StageConfig(steps=20, batch_size=8, lr=2e-3, warmup_steps=5, train_backbone=False),
@@ -192,11 +189,11 @@ def _scores(checkpoint: Path, store_url: str) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (files, classes), labels (files,)) of every done file, in store order."""
     import torch
 
-    from train.checkpoint import load_checkpoint
-    from train.config import RunConfig, crop_width_px
-    from train.dataset import open_store, trainable_indices
-    from train.inference import file_windows
-    from train.model import build_model
+    from soundception.train.checkpoint import load_checkpoint
+    from soundception.train.config import RunConfig, crop_width_px
+    from soundception.train.dataset import open_store, trainable_indices
+    from soundception.train.inference import file_windows
+    from soundception.train.model import build_model
 
     payload = load_checkpoint(checkpoint)
     store = open_store(store_url, None)
@@ -212,7 +209,7 @@ def _scores(checkpoint: Path, store_url: str) -> tuple[np.ndarray, np.ndarray]:
 
 def model_agreement(work: Path, encodings: list[str]) -> list[dict]:
     """Part B: rows of (rule, trained on, scored on): top-1, MAP, top-1 agreement with the WAVs."""
-    from train.metrics import report
+    from soundception.train.metrics import report
 
     info = make_dataset(work / "species", n_species=5, files_per_species=16, min_seconds=4, max_seconds=40,
                         sample_rate=SOURCE_RATE, seed=5, formats=("wav",))

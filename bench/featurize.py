@@ -37,13 +37,11 @@ import time
 import warnings
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and "featurize" would name this file
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import numpy as np  # noqa: E402
-import soundfile  # noqa: E402
+import numpy as np
+import soundfile
 
-from shared.config import FeaturizerConfig  # noqa: E402
+from soundception.shared.config import FeaturizerConfig
 
 SOURCE_RATE = 44100
 # the image before per-window hops: one 110-sample hop for every window, bilinear resizes
@@ -138,7 +136,7 @@ def _librosa_decibels(values: np.ndarray, *, amin: float = 1e-10) -> np.ndarray:
 
 def install_librosa_core() -> tuple:
     """Make the featurizer use librosa's ``stft`` and ``power_to_db``; returns what it replaced."""
-    import featurize.image as image
+    import soundception.featurize.image as image
 
     saved = image.magnitude, image.to_decibels
     image.magnitude, image.to_decibels = _librosa_magnitude, _librosa_decibels
@@ -149,7 +147,7 @@ def librosa_core():
     """Context: the project's pipeline with librosa's ``stft`` and ``power_to_db`` as its core."""
     import contextlib
 
-    import featurize.image as image
+    import soundception.featurize.image as image
 
     @contextlib.contextmanager
     def patched():
@@ -164,8 +162,8 @@ def librosa_core():
 
 def cold_run(audio: Path, store: Path, *, librosa: bool = False) -> float:
     """Wall seconds from starting a 2-worker local cluster to the last file stored (start-up included)."""
-    from featurize.cluster import local_client
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.cluster import local_client
+    from soundception.featurize.pipeline import featurize_store
 
     wall = time.perf_counter()
     client = local_client(2, dashboard_address=None)
@@ -181,7 +179,7 @@ def image_agreement(root: Path, files: int) -> tuple[float, float]:
     """Share of pixels within one grey level: reference vs ours, and librosa core vs ours."""
     import zarr
 
-    from shared.reader import FeatureStore
+    from soundception.shared.reader import FeatureStore
 
     ours, lib = FeatureStore(str(root / "serial.zarr")), FeatureStore(str(root / "librosa.zarr"))
     reference = zarr.open_group(str(root / "reference.zarr"), mode="r")
@@ -198,7 +196,7 @@ def image_agreement(root: Path, files: int) -> tuple[float, float]:
 
 def librosa_featurize(audio: Path, store: Path) -> None:
     """The project's pipeline with librosa's ``stft`` and ``power_to_db`` as its core."""
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.pipeline import featurize_store
 
     with librosa_core():
         featurize_store(audio, str(store), labels="none")
@@ -218,7 +216,7 @@ def open_cluster(workers: int, *, dask_malloc: bool = False):
     """
     from distributed import Client, LocalCluster
 
-    from featurize.cluster import local_client, prepare_worker
+    from soundception.featurize.cluster import local_client, prepare_worker
 
     warnings.filterwarnings("ignore", message="Port .* is already in use")  # three clusters at once
     if dask_malloc:
@@ -234,7 +232,7 @@ def open_cluster(workers: int, *, dask_malloc: bool = False):
 
 def dask_run(client, audio: Path, store: Path) -> tuple[float, float]:
     """CPU seconds (all the cluster's workers) and wall seconds of one run on ``client``'s cluster."""
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.pipeline import featurize_store
 
     before = sum(client.run(time.process_time).values())
     wall = time.perf_counter()
@@ -248,8 +246,8 @@ def dask_run(client, audio: Path, store: Path) -> tuple[float, float]:
 # inherits from the parent that forked it
 LONG_FILE_PROBE = """
 import re, sys
-from featurize.pipeline import featurize_store
-import featurize.image, featurize.store, zarr, scipy.fft, soxr
+from soundception.featurize.pipeline import featurize_store
+import soundception.featurize.image, soundception.featurize.store, zarr, scipy.fft, soxr
 peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
 before = peak()
 summary = featurize_store(sys.argv[1], sys.argv[2], labels="none")
@@ -288,7 +286,7 @@ def main() -> None:
     parser.add_argument("--long-minutes", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of timed runs of every row (the least CPU kept)")
     args = parser.parse_args()
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.pipeline import featurize_store
 
     config = FeaturizerConfig()
     root = Path(tempfile.mkdtemp(prefix="bench-featurize-"))

@@ -80,14 +80,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from soundception.shared.config import FeaturizerConfig
+from soundception.train import loop
+from soundception.train import runtime as rt
+from soundception.train.augment import read_width
+from soundception.train.config import RunConfig, StageConfig, crop_width_px
 
-from shared.config import FeaturizerConfig
-from train import loop
-from train import runtime as rt
-from train.augment import read_width
-from train.config import RunConfig, StageConfig, crop_width_px
+ROOT = Path(__file__).resolve().parents[1]
 
 # dense bf16 peak (TFLOP/s) by a substring of torch.cuda.get_device_name, first match wins
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200", 989.0), ("H100", 989.0),
@@ -202,7 +201,7 @@ def attempt(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
     try:
         return function(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001 - reported in the table, traceback in the log
+    except Exception as error:
         traceback.print_exc()
         line = " ".join(f"{type(error).__name__}: {error}".split())
         return {"error": line[:160]}
@@ -431,8 +430,8 @@ def compile_row(sizes: Sizes, device: torch.device, clock: Clock, limit: float, 
 
 def make_store(report: Report, sizes: Sizes, tmp: Path) -> str:
     """Synthetic audio featurized serially into ``tmp/store.zarr``; returns its path."""
-    from featurize.pipeline import featurize_store
-    from featurize.synthetic import make_dataset
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.featurize.synthetic import make_dataset
 
     started = time.perf_counter()
     data = make_dataset(tmp / "audio", n_species=sizes.species, files_per_species=sizes.files_per_species,
@@ -453,9 +452,9 @@ def make_store(report: Report, sizes: Sizes, tmp: Path) -> str:
 
 def time_loader(store_url: str, sizes: Sizes, *, workers: int, batch: int, pin_memory: bool) -> float:
     """Crops/s of the training loader alone (no model): steady state after ``2 x workers`` batches."""
-    from shared.reader import FeatureStore
-    from train.augment import AugmentConfig
-    from train.dataset import (
+    from soundception.shared.reader import FeatureStore
+    from soundception.train.augment import AugmentConfig
+    from soundception.train.dataset import (
         WindowDataset,
         WindowSampler,
         make_loader,
@@ -1032,7 +1031,7 @@ def part_d(report: Report, sizes: Sizes, device: torch.device, clock: Clock) -> 
                            ("phases", d_phases), ("GPU idle", d_idle)):
         try:
             function(report, r, cuda, steps, kernels)
-        except Exception as error:  # noqa: BLE001 - one line in the report, traceback in the log
+        except Exception as error:
             import traceback
 
             traceback.print_exc()
@@ -1427,13 +1426,13 @@ def pool_transform(kind: str, counts: dict[str, tuple[int, int]]) -> Callable[[n
 
 def survey_pools(sizes: Sizes, device: torch.device) -> list[tuple[str, nn.AvgPool2d]]:
     """The model's ``nn.AvgPool2d`` modules (the model built on the meta device: structure only)."""
-    from train.model import build_model
+    from soundception.train.model import build_model
 
     config = step_config(sizes, device, batch=2, train_backbone=True)
     try:
         with torch.device("meta"):
             model = build_model(config, N_CLASSES)
-    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: build it on the CPU
+    except Exception:
         model = build_model(config, N_CLASSES)
     return avg_pools(model)
 
@@ -1492,7 +1491,7 @@ def pool_timings(report: Report, device: torch.device, pool: nn.AvgPool2d, shape
                 cells.append(f"{fwd:.2f} / {both:.2f}")
                 total_fwd, total = total_fwd + n * fwd, total + n * both
             cells += [f"{total_fwd:.1f} / {total:.1f}"]
-        except Exception as error:  # noqa: BLE001 - one row
+        except Exception as error:
             import traceback
 
             traceback.print_exc()
@@ -1541,7 +1540,7 @@ def part_e(report: Report, sizes: Sizes, device: torch.device, clock: Clock) -> 
     unit_pool = pools[0][1] if pools else nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     try:
         pool_unit_check(report, device, unit_pool)
-    except Exception as error:  # noqa: BLE001 - one line
+    except Exception as error:
         import traceback
 
         traceback.print_exc()
@@ -1606,7 +1605,7 @@ def part_e(report: Report, sizes: Sizes, device: torch.device, clock: Clock) -> 
         return
     try:
         pool_timings(report, device, unit_pool, pool_shapes, batch, reps=10 if cuda else 3)
-    except Exception as error:  # noqa: BLE001 - one line
+    except Exception as error:
         import traceback
 
         traceback.print_exc()
@@ -1703,7 +1702,7 @@ def main(out_path: str | None, device: str, tiny: bool, parts: str, workers_list
             started = time.perf_counter()
             try:
                 profiled = part_d(report, sizes, chosen, clock)
-            except Exception as error:  # noqa: BLE001 - a part that fails is a line, not the end of the run
+            except Exception as error:
                 import traceback
 
                 traceback.print_exc()
@@ -1718,7 +1717,7 @@ def main(out_path: str | None, device: str, tiny: bool, parts: str, workers_list
             started = time.perf_counter()
             try:
                 part_e(report, sizes, chosen, clock)
-            except Exception as error:  # noqa: BLE001 - a part that fails is a line, not the end of the run
+            except Exception as error:
                 import traceback
 
                 traceback.print_exc()

@@ -45,11 +45,10 @@ from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurize.store import WRITE_CHUNKS
-from shared import schema
-from shared.reader import FeatureStore
+from soundception.featurize.store import WRITE_CHUNKS
+from soundception.shared import schema
+from soundception.shared.reader import FeatureStore
 
 CHUNK = 1024  # columns per chunk, store.DEFAULT_TIME_CHUNK
 CROP = 2990  # columns in a 15 s crop at 299 px per 1.5 s
@@ -148,8 +147,8 @@ def serial_trips(layout: Layout, start: int) -> int:
 
 def featurized_images(work: Path, files: int) -> tuple[list[np.ndarray], float]:
     """Images of a generated corpus made by the real featurizer, and the hours of audio."""
-    from featurize.pipeline import featurize_store
-    from featurize.synthetic import make_dataset
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.featurize.synthetic import make_dataset
 
     work = work / f"corpus{files}"
     url = str(work / "source.zarr")
@@ -419,8 +418,8 @@ def main(files: int, rounds: int, crops: int, backends: str, work: str | None) -
             if moto is not None:
                 moto.terminate()
                 moto.wait(timeout=10)
-    ordered = {f"{b} | {l.name}": results[f"{b} | {l.name}"] for b in ("local", "s3") for l in LAYOUTS
-               if f"{b} | {l.name}" in results}
+    ordered = {f"{b} | {layout.name}": results[f"{b} | {layout.name}"] for b in ("local", "s3") for layout in LAYOUTS
+               if f"{b} | {layout.name}" in results}
     print_table(ordered, hours, rounds)
 
 

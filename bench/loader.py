@@ -11,7 +11,6 @@ crops/s per worker and the compressed MB read per crop (sizes of the chunk objec
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +18,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.reader import FeatureStore  # noqa: E402
-from train.augment import AugmentConfig, read_width  # noqa: E402
-from train.dataset import WindowDataset, WindowSampler, make_loader, trainable_indices  # noqa: E402
-from train.config import crop_width_px  # noqa: E402
+from soundception.shared.reader import FeatureStore
+from soundception.train.augment import AugmentConfig, read_width
+from soundception.train.dataset import WindowDataset, WindowSampler, make_loader, trainable_indices
+from soundception.train.config import crop_width_px
 
 
 def make_noise_audio(root: Path, *, files: int, seconds: float, sample_rate: int = 22050) -> Path:
@@ -88,7 +86,7 @@ def main(store: str | None, files: int, seconds: float, workers: str, time_chunk
         if store:
             stores = {FeatureStore(store).time_chunk: store}
         else:
-            from featurize.pipeline import featurize_store
+            from soundception.featurize.pipeline import featurize_store
 
             audio = make_noise_audio(Path(tmp) / "audio", files=files, seconds=seconds)
             stores = {}

@@ -31,7 +31,6 @@ table gives, per run and as the mean over seeds:
 from __future__ import annotations
 
 import csv
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,13 +40,11 @@ import click
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.append(str(Path(__file__).resolve().parent))  # bench_data; after the repo root (bench/featurize.py)
 
-from bench_data import make_audio  # noqa: E402  (the same generated set as bench/augment.py)
-from train.attention import TemporalAttention, register_attention  # noqa: E402
-from train.inference import FileWindows  # noqa: E402
-from train.segments import step_times  # noqa: E402
+from bench_data import make_audio
+from soundception.train.attention import TemporalAttention, register_attention
+from soundception.train.inference import FileWindows
+from soundception.train.segments import step_times
 
 SEGMENT_SECONDS = (5.0, 1.0)
 
@@ -178,9 +175,9 @@ def read_calls(path: Path, classes: list[str]) -> dict[str, list[Call]]:
 def train_once(store: str, out: Path, *, aux_attention: str, seed: int, steps: int, crop_seconds: float,
                batch_size: int, device: str) -> tuple[Path, float, float]:
     """One run from random weights; returns its checkpoint, recording MAP (validation files) and seconds."""
-    from train.augment import AugmentConfig
-    from train.config import RunConfig, StageConfig
-    from train.loop import train
+    from soundception.train.augment import AugmentConfig
+    from soundception.train.config import RunConfig, StageConfig
+    from soundception.train.loop import train
 
     config = RunConfig(
         store=store, out=str(out), backbone="mobilenetv3_small_100", aux_attention=aux_attention,
@@ -199,7 +196,7 @@ def train_once(store: str, out: Path, *, aux_attention: str, seed: int, steps: i
 def add_file(pooled: dict[str, list[np.ndarray]], windows: FileWindows, calls: list[Call], geometry: dict[str, float],
              *, n_classes: int, nyquist: float) -> None:
     """Append one held-out file's steps (attention, any-call and main-call masks) and its segments to ``pooled``."""
-    from train.segments import segment_scores
+    from soundception.train.segments import segment_scores
 
     attention, seconds, active = step_labels(windows, calls, **geometry)
     pooled["attention"].append(attention)
@@ -231,7 +228,7 @@ def detection_map(scores: np.ndarray, truth: np.ndarray) -> float:
 
 def summarize(pooled: dict[str, list[np.ndarray]]) -> dict[str, float]:
     """AUCs over every pooled step, segment MAPs over every segment holding a call, detection MAP over all."""
-    from train.metrics import mean_average_precision
+    from soundception.train.metrics import mean_average_precision
 
     every = {key: np.concatenate(values) for key, values in pooled.items()}
     result = {"steps": every["attention"].size, "active": float(every["any"].mean()),
@@ -251,11 +248,11 @@ def measure(checkpoint: Path, store_url: str, calls: dict[str, list[Call]], devi
     """Attention AUC and segment MAP of one trained run on its validation files (see the module docstring)."""
     import json
 
-    from shared.reader import FeatureStore
-    from train.dataset import Split
-    from train.inference import file_windows
-    from train.runtime import resolve_device
-    from train.trained import load_trained_model
+    from soundception.shared.reader import FeatureStore
+    from soundception.train.dataset import Split
+    from soundception.train.inference import file_windows
+    from soundception.train.runtime import resolve_device
+    from soundception.train.trained import load_trained_model
 
     trained = load_trained_model(checkpoint, resolve_device(device))
     store = FeatureStore(store_url)
@@ -305,8 +302,8 @@ def print_table(results: list[dict[str, float]], *, steps: int, library: str) ->
 def build_store(root: Path, *, files_per_species: int, snr_db: tuple[float, float], image_height: int,
                 min_duration: float) -> str:
     """Audio with its call times (made once) and its store under ``root``, featurized serially."""
-    from featurize.pipeline import featurize_store
-    from shared.config import FeaturizerConfig
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.shared.config import FeaturizerConfig
 
     started = time.perf_counter()
     if not (root / "calls.csv").exists():
@@ -341,7 +338,7 @@ def main(steps: int, poolings: str, seeds: str, crop_seconds: float, batch_size:
          min_duration: float, snr_db: str, files_per_species: int, device: str, work: str | None) -> None:
     import shutil
 
-    from shared.reader import FeatureStore
+    from soundception.shared.reader import FeatureStore
 
     names = poolings.split(",")
     unknown = [n for n in names if n not in POOLINGS]

@@ -49,11 +49,11 @@ def write_recording(path: Path, hours: float, *, seed: int = 0) -> None:
 def child(folder: str, store: str, disk_seconds: float | None) -> None:
     """Featurize ``folder`` into ``store`` in this process (``disk_seconds``: the threshold, None
     for the default); print one JSON line."""
-    import featurize.audio
-    from featurize.pipeline import featurize_store
+    import soundception.featurize.audio as audio_module
+    from soundception.featurize.pipeline import featurize_store
 
     if disk_seconds is not None:
-        featurize.audio.DISK_SIGNAL_SECONDS = disk_seconds
+        audio_module.DISK_SIGNAL_SECONDS = disk_seconds
     imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     summary = featurize_store(folder, store, labels="none")
@@ -63,7 +63,10 @@ def child(folder: str, store: str, disk_seconds: float | None) -> None:
 
 
 def measure(code: Path, folder: Path, store: Path, disk_seconds: float | None) -> dict:
+    # the tree at ``code`` (this checkout or a baseline's worktree), whatever is installed: its
+    # featurize/ is found beside its soundception/ before the installed mapping is asked
     script = (f"import sys; sys.path.insert(0, {str(code)!r}); sys.path.insert(1, {str(REPOSITORY / 'bench')!r})\n"
+              f"import soundception; soundception.__path__.append({str(code)!r})\n"
               f"import long_recording; long_recording.child({str(folder)!r}, {str(store)!r}, "
               f"{'None' if disk_seconds is None else f'float({str(disk_seconds)!r})'})")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=code, check=False)

@@ -29,22 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from soundception.featurize import store as store_io
+from soundception.featurize.pipeline import featurize_store
+from soundception.featurize.synthetic import make_dataset
+from soundception.shared import schema
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.reader import FeatureStore
 
-from featurize import store as store_io  # noqa: E402
-from featurize.pipeline import featurize_store  # noqa: E402
-from featurize.synthetic import make_dataset  # noqa: E402
-from shared import schema  # noqa: E402
-from shared.config import FeaturizerConfig  # noqa: E402
-from shared.reader import FeatureStore  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_checkpoint(work: Path, backbone: str) -> tuple[str, Path]:
     """A store of generated recordings and a two-step checkpoint trained on it."""
-    from train.augment import AugmentConfig
-    from train.config import RunConfig, StageConfig
-    from train.loop import train
+    from soundception.train.augment import AugmentConfig
+    from soundception.train.config import RunConfig, StageConfig
+    from soundception.train.loop import train
 
     data = make_dataset(work / "data", n_species=5, files_per_species=3, min_seconds=20, max_seconds=60, seed=7)
     store = str(work / "bench.zarr")
@@ -61,8 +60,8 @@ def timed_predict(checkpoint: Path, store: str, out: Path, **options) -> dict[st
     """Wall time of ``predict_store`` and the part of it inside the model's forward pass."""
     import torch
 
-    from train.predict import PredictOptions, predict_store
-    from train.trained import load_trained_model
+    from soundception.train.predict import PredictOptions, predict_store
+    from soundception.train.trained import load_trained_model
 
     torch.set_num_threads(2)
     trained = load_trained_model(checkpoint, "cpu")
@@ -112,9 +111,10 @@ LONG_RUN = """
 import json, resource, sys, time
 import torch
 torch.set_num_threads(2)
-from train.predict import PredictOptions, predict_store
-from train.trained import load_trained_model
-from shared.reader import FeatureStore
+from soundception.train.predict import PredictOptions, predict_store
+from soundception.train.trained import load_trained_model
+from soundception.shared.reader import FeatureStore
+
 checkpoint, store, out = sys.argv[1:4]
 trained = load_trained_model(checkpoint, "cpu")
 FeatureStore(store).table
@@ -145,7 +145,7 @@ def cuda_throughput() -> str:
 
     if not torch.cuda.is_available():
         return "no CUDA device here: not measured"
-    from train.model import Soundception
+    from soundception.train.model import Soundception
 
     model = Soundception("inception_v4", 1500).cuda().eval().to(memory_format=torch.channels_last)
     batch = torch.rand(32, 3, 299, 2990, device="cuda").contiguous(memory_format=torch.channels_last)

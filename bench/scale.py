@@ -26,11 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and "featurize" would name bench/featurize.py
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import numpy as np  # noqa: E402
-import soundfile  # noqa: E402
+import numpy as np
+import soundfile
 
 BIN = Path(sys.executable).parent
 
@@ -109,7 +107,7 @@ class MotoServer:
 
 
 def timed(audio: Path, store: str, client, storage_options=None) -> float:
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.pipeline import featurize_store
 
     wall = time.perf_counter()
     summary = featurize_store(audio, store, labels="none", client=client, storage_options=storage_options)
@@ -123,7 +121,7 @@ def configurations(moto: MotoServer):
     runs at a time: idle clusters beside the measured one cost it a third of its speed here."""
     from distributed import Client
 
-    from featurize.cluster import connect, local_client
+    from soundception.featurize.cluster import connect, local_client
 
     def local(options=None):
         def start():

@@ -10,19 +10,16 @@ peak (``--peak-tflops``, default: H100 SXM dense bf16, 989).
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import click
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.augment import AugmentConfig, augment_batch, read_width  # noqa: E402
-from train.loss import soundception_loss  # noqa: E402
-from train.model import Soundception  # noqa: E402
-from train.runtime import autocast, resolve_device  # noqa: E402
+from soundception.train.augment import AugmentConfig, augment_batch, read_width
+from soundception.train.loss import soundception_loss
+from soundception.train.model import Soundception
+from soundception.train.runtime import autocast, resolve_device
 
 
 def step_flops(model: Soundception, images: torch.Tensor, labels: torch.Tensor) -> int:

@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurize.signal import SignalWriter
-from shared.text import one_line, redact
+from soundception.featurize.signal import SignalWriter
+from soundception.shared.text import one_line, redact
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma")
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")  # what libsndfile reads
@@ -39,6 +39,24 @@ DISK_SIGNAL_SECONDS = 600.0
 def is_url(path: str | Path) -> bool:
     """True for an fsspec URL (``s3://bucket/key``, ``gs://...``, ``https://...``), not a local path."""
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def fingerprint(location: str, storage_options: dict | None = None) -> dict[str, int | str]:
+    """What says an audio file changed: ``{"size": bytes, "mtime": str}``, its modification time
+    in ns (an object's LastModified, or its ETag where the store keeps no time).
+
+    Raises:
+        OSError: the file cannot be reached.
+    """
+    if not is_url(location):
+        stat = Path(location).stat()
+        return {"size": stat.st_size, "mtime": str(stat.st_mtime_ns)}
+    import fsspec
+
+    filesystem, key = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    info = filesystem.info(key)
+    changed = info.get("LastModified") or info.get("mtime") or info.get("ETag") or info.get("etag") or ""
+    return {"size": int(info.get("size") or 0), "mtime": str(changed)}
 
 
 class DecodeError(RuntimeError):

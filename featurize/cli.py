@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from shared.config import RESIZE_METHODS, FeaturizerConfig
-from shared.text import one_line, parse_json_option, redact, refuse_credentials_in_url
+from soundception.shared.config import RESIZE_METHODS, FeaturizerConfig
+from soundception.shared.errors import Interrupted, command_errors
+from soundception.shared.text import parse_json_option, redact, refuse_credentials_in_url
 
 _DEFAULT = FeaturizerConfig()
-
-
-def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn an unexpected exception into one line (credentials in URLs removed) instead of a
-    traceback; ``SOUNDCEPTION_DEBUG=1`` keeps the traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
-            raise
-        except Exception as error:
-            if os.environ.get("SOUNDCEPTION_DEBUG"):
-                raise
-            raise click.ClickException(f"{type(error).__name__}: {redact(one_line(error))} "
-                                       "(SOUNDCEPTION_DEBUG=1 shows where)") from None
-
-    return wrapper
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -> dict | None:
@@ -100,7 +79,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
               help="Compress image chunks with zstd at this level; 0 stores them raw (new stores only).")
 @click.option("--storage-options", default=None, callback=_json_object,
               help="fsspec options as JSON, e.g. an S3 endpoint.")
-@one_line_errors
+@command_errors()
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
                       workers: int | None, cluster_kind: str, jobs: int, cluster_config: str | None,
                       worker_wait: float, print_job_script: bool, serial: bool, redo_corrupt: bool,
@@ -115,19 +94,16 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
     fsspec's configuration (or --storage-options)."""
     import logging
 
-    from featurize import cluster
+    from soundception.featurize import cluster
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     config = _config(config_file, min_duration=min_duration, hop_lengths=hop_lengths, time_resize=time_resize,
                      frequency_resize=frequency_resize, floor_db=floor_db, ceiling_percentile=ceiling_percentile,
                      dynamic_range_db=dynamic_range_db, empty_band_db=empty_band_db)
-    try:
-        options = cluster.read_cluster_config(cluster_config)
-        if print_job_script:
-            click.echo(_job_script(cluster_kind, jobs, options))
-            return
-    except cluster.ClusterError as error:
-        raise click.ClickException(str(error)) from None
+    options = cluster.read_cluster_config(cluster_config)
+    if print_job_script:
+        click.echo(_job_script(cluster_kind, jobs, options))
+        return
     try:
         for what, url in (("AUDIO_DIR", audio_dir), ("--store", store), ("--metadata", metadata or "")):
             refuse_credentials_in_url(url, what)
@@ -144,12 +120,9 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
         _featurize(audio_dir, store, config, client, lock=lock, metadata=metadata, labels=labels,
                    retry_failed=retry_failed, new_audio_root=new_audio_root, storage_options=storage_options,
                    time_chunk=time_chunk, shard_chunks=shard_chunks, zstd_level=zstd_level, redo_corrupt=redo_corrupt)
-    except cluster.ClusterError as error:
-        raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
-        click.echo(f"interrupted: files finished so far are kept in {redact(store)}; rerun the same command to "
-                   "featurize the rest", err=True)
-        raise SystemExit(130) from None
+        raise Interrupted(f"interrupted: files finished so far are kept in {redact(store)}; rerun the same command "
+                          "to featurize the rest") from None
     finally:
         if client is not None:
             cluster.close_client(client[0], own_cluster=client[1])
@@ -158,19 +131,16 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
 
 def _take_store(store: str, storage_options: dict | None) -> Any:
     """Check the ``--store`` place and take its lock, or stop with one line."""
-    from featurize.lock import StoreLock, StoreLocked
-    from featurize.store import StoreMismatch, check_location
+    from soundception.featurize.lock import StoreLock
+    from soundception.featurize.store import check_location
 
-    try:
-        check_location(store, storage_options)
-        return StoreLock(store, storage_options).acquire()
-    except (StoreMismatch, StoreLocked, PermissionError, FileNotFoundError, ValueError) as error:
-        raise click.ClickException(redact(str(error))) from None
+    check_location(store, storage_options)
+    return StoreLock(store, storage_options).acquire()
 
 
 def _job_script(system: str, jobs: int, options: dict) -> str:
     """The batch job script ``--cluster`` would submit ``jobs`` times, and the command that submits it."""
-    from featurize import cluster
+    from soundception.featurize import cluster
 
     if system == "local":
         raise click.UsageError("--print-job-script needs --cluster slurm or --cluster pbs")
@@ -187,10 +157,8 @@ def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tup
     import gc
     import logging
 
-    from featurize.lock import StoreLocked
-    from featurize.pipeline import featurize_store
-    from featurize.store import StoreMismatch
-    from shared.progress import Progress
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.shared.progress import Progress
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -208,8 +176,6 @@ def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tup
     try:
         summary = featurize_store(audio_dir, store, config=config, client=client[0] if client else None,
                                   progress=progress, **options)
-    except (StoreMismatch, StoreLocked, FileNotFoundError, PermissionError, ValueError) as error:
-        raise click.ClickException(redact(str(error))) from None
     finally:
         bar.close()
     for line in summary.lines():
@@ -244,20 +210,17 @@ def _config(config_file: str | None, **options: Any) -> FeaturizerConfig:
               help="Read every image object of every done file, check checksums and widths, name bad files "
                    "(exit status 1 if any).")
 @click.option("--storage-options", default=None, callback=_json_object, help="fsspec options as JSON.")
-@one_line_errors
+@command_errors()
 def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, verify: bool,
                     storage_options: dict | None) -> None:
     """Summarize a feature store, list its failures, verify it or draw one file's image."""
-    from featurize.report import failure_lines, render_png, summary_lines
-    from shared.reader import FeatureStore, StoreError
+    from soundception.featurize.report import failure_lines, render_png, summary_lines
+    from soundception.shared.reader import FeatureStore
 
-    try:
-        opened = FeatureStore(store, storage_options)
-    except StoreError as error:
-        raise click.ClickException(str(error)) from None
+    opened = FeatureStore(store, storage_options)
     if verify:
-        from featurize.verify import report_lines, verify_store
-        from shared.progress import Progress
+        from soundception.featurize.verify import report_lines, verify_store
+        from soundception.shared.progress import Progress
 
         with Progress(len(opened.done_indices()), desc="verify", unit="file") as bar:
             report = verify_store(store, storage_options, progress=lambda checked, total: bar.update(checked))
@@ -284,10 +247,11 @@ def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, verif
 @click.option("--min-seconds", type=float, default=4.0, show_default=True)
 @click.option("--max-seconds", type=float, default=90.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@command_errors(interrupted="interrupted: the folder holds part of the dataset; run the same command again")
 def synth_command(out_dir: str, species: int, files_per_species: int, min_seconds: float, max_seconds: float,
                   seed: int) -> None:
     """Write a deterministic synthetic bird dataset (audio, labels.csv, XML, calls.csv)."""
-    from featurize.synthetic import make_dataset
+    from soundception.featurize.synthetic import make_dataset
 
     summary = make_dataset(out_dir, n_species=species, files_per_species=files_per_species,
                            min_seconds=min_seconds, max_seconds=max_seconds, seed=seed)

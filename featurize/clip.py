@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.config import FeaturizerConfig
+from soundception.shared.config import FeaturizerConfig
 
 
 SELECT_MIN = 1 << 14  # fewer values than this are simply sorted

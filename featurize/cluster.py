@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
+from soundception.shared.errors import UserError
 
 # what featurize_file imports on first use: workers import them as they start
-FEATURIZER_MODULES = ("featurize.image", "soundfile", "soxr")
+FEATURIZER_MODULES = ("soundception.featurize.image", "soundfile", "soxr")
 
 # glibc settings for featurize workers: blocks up to 32 MB come from the heap and up to 256 MB of
 # freed heap is kept, so the per-chunk arrays are reused instead of mapped and faulted in anew
@@ -42,7 +43,7 @@ BATCH_SYSTEMS = ("slurm", "pbs")
 LIST_OPTIONS = ("job_script_prologue", "job_extra_directives", "job_directives_skip", "worker_extra_args")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """A cluster could not be started or reached; the message is one line."""
 
 
@@ -290,6 +291,16 @@ def close_client(client: Any, *, own_cluster: bool) -> None:
     if cluster is not None and own_cluster:
         with contextlib.suppress(Exception):
             cluster.close()
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int | None = None) -> Iterator[Any]:
+    """``with local_cluster(n) as client:`` a :func:`local_client`, closed with its cluster at the end."""
+    client = local_client(n_workers)
+    try:
+        yield client
+    finally:
+        close_client(client, own_cluster=True)
 
 
 def start_client(*, scheduler: str | None = None, system: str = "local", jobs: int = 1,

@@ -41,10 +41,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from featurize.clip import channel_bounds, to_uint8
-from featurize.signal import is_disk_backed, release_pages
-from featurize.spectrogram import frame_count, frame_range, frames_at, magnitude, to_decibels
-from shared.config import RESIZE_METHODS, FeaturizerConfig
+from soundception.featurize.clip import channel_bounds, to_uint8
+from soundception.featurize.signal import is_disk_backed, release_pages
+from soundception.featurize.spectrogram import frame_count, frame_range, frames_at, magnitude, to_decibels
+from soundception.shared.config import RESIZE_METHODS, FeaturizerConfig
 
 
 def _linear_weights(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

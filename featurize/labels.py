@@ -13,8 +13,9 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from featurize.audio import AUDIO_EXTENSIONS, is_url
-from shared.text import redact
+from soundception.featurize.audio import AUDIO_EXTENSIONS, is_url
+from soundception.shared.text import redact
+from soundception.shared.errors import UserError
 
 LABEL_SOURCES = ("auto", "xml", "csv", "folders", "none")
 
@@ -138,7 +139,7 @@ def _read_bytes(path: str | Path, storage_options: dict | None) -> bytes:
     return Path(path).read_bytes()
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """A metadata file cannot be trusted; the message is one line naming the file and the line."""
 
 

@@ -38,12 +38,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from soundception.shared.errors import UserError
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(UserError, RuntimeError):
     """Another run holds the store; the message names it (host, pid, start time)."""
 
 
@@ -111,7 +112,7 @@ class StoreLock:
         self.lost: str = ""  # set by the heartbeat when another run took the lock
         self._refreshed = 0.0  # time.monotonic() of the last refresh of an object-store lock
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         self.acquire()
         return self
 
@@ -227,7 +228,7 @@ class StoreLock:
                               "stopped so that two runs never write together")
 
     # -- both ---------------------------------------------------------------------------------
-    def acquire(self) -> "StoreLock":
+    def acquire(self) -> StoreLock:
         if is_local(self.url):
             self._acquire_local()
         else:

@@ -20,25 +20,28 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zarr
 
-from featurize import store as store_io
-from featurize.audio import DecodeError, decode, is_url, self_concatenate
-from featurize.labels import Labelling, label_recordings
-from featurize.lock import StoreLock
-from featurize.lock import describe as describe_holder
-from featurize.plan import Job, Plan, longest_first, plan_jobs, reopen_corrupt, reopen_incomplete  # noqa: F401
-from shared import schema
-from shared.config import FeaturizerConfig
-from shared.text import one_line
+from soundception.featurize import store as store_io
+from soundception.featurize.audio import DecodeError, decode, is_url, self_concatenate
+from soundception.featurize.labels import Labelling, label_recordings
+from soundception.featurize.lock import StoreLock
+from soundception.featurize.lock import describe as describe_holder
+from soundception.featurize.plan import (Job, Plan, longest_first, plan_jobs, record_fingerprints,  # noqa: F401
+                                         reopen_changed, reopen_corrupt, reopen_incomplete)
+from soundception.shared import schema
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.errors import RunFault, is_run_fault, run_fault_message
+from soundception.shared.text import one_line
 
 log = logging.getLogger("soundception.featurize")
 
+FAULT = "fault"  # a task's result when the machine, not the file, failed (see featurize_file)
 FLUSH_SECONDS = 2.0
 FLUSH_RESULTS = 64
 
@@ -48,10 +51,12 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
     """Featurize one recording into row ``index`` of the store; never raises for bad audio.
 
     Returns one of ``{"status": "done", "duration": s, "n_frames": px, "warning": str}``,
-    ``{"status": "failed", "error": one line}`` or ``{"status": "resize", "width": px}`` (the
-    store's time axis is too short; the driver grows it and resubmits).
+    ``{"status": "failed", "error": one line}``, ``{"status": "resize", "width": px}`` (the
+    store's time axis is too short; the driver grows it and resubmits) or ``{"status": "fault",
+    "error": one line}`` (a full disk, a read-only store: no other file would fare better, so the
+    driver stops the run and leaves the file pending).
     """
-    from featurize.image import MultiscaleImage
+    from soundception.featurize.image import MultiscaleImage
 
     config = FeaturizerConfig.from_dict(config_dict)
     try:
@@ -71,6 +76,10 @@ def featurize_file(source: str, index: int, store_url: str, config_dict: dict[st
         return {"status": schema.FAILED, "error": "out of memory while featurizing"}
     except DecodeError as error:
         return {"status": schema.FAILED, "error": one_line(error)}
+    except OSError as error:
+        if is_run_fault(error):
+            return {"status": FAULT, "error": run_fault_message(error, writing=f"the image of {source}")}
+        return {"status": schema.FAILED, "error": f"{type(error).__name__}: {one_line(error)}"}
     except Exception as error:  # one bad file must not stop the run
         return {"status": schema.FAILED, "error": f"{type(error).__name__}: {one_line(error)}"}
     if image.silent:
@@ -87,6 +96,7 @@ class RunSummary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_before: int = 0  # failed in an earlier run and not retried (--retry-failed)
     warnings: int = 0
     seconds: float = 0.0
     audio_seconds: float = 0.0
@@ -112,6 +122,9 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [f"featurized {self.done} of {self.submitted} file(s) in {self.seconds:.1f} s "
                f"({self.audio_seconds / 3600:.2f} h of audio); {self.skipped} already done, skipped"]
+        if self.failed_before:
+            out.append(f"{self.failed_before} file(s) failed in an earlier run and were left alone; "
+                       "retry them with --retry-failed")
         if self.warnings:
             out.append(f"{self.warnings} file(s) done with a warning (silent or truncated audio); "
                        f"see the store's warning variable")
@@ -224,6 +237,10 @@ def run_jobs(group: zarr.Group, jobs: Sequence[Job], store_url: str, config: Fea
     ``resize``; once every other task has finished (nothing writes while the array grows), the
     axis grows and those files are redone. ``check()`` runs before each write of per-file fields
     (the store lock's: it raises when the run lost its lock).
+
+    Raises:
+        RunFault: a task met a fault of the machine (a full disk); results so far are recorded,
+            the files not finished stay pending for the rerun.
     """
     store_io.ensure_width(group, max((job.width for job in jobs), default=0), config)
     recorder = _Recorder(group, summary, progress, check)
@@ -235,6 +252,8 @@ def run_jobs(group: zarr.Group, jobs: Sequence[Job], store_url: str, config: Fea
                 if result["status"] == "resize":
                     too_wide.append(job)
                     needed = max(needed, result["width"])
+                elif result["status"] == FAULT:
+                    raise RunFault(result["error"])
                 else:
                     recorder.record(job, result)
             recorder.flush()
@@ -250,7 +269,8 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                     retry_failed: bool = False, storage_options: dict[str, Any] | None = None,
                     time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0, shard_chunks: int = 1,
                     new_audio_root: bool = False, only: Sequence[str] | None = None, redo_corrupt: bool = False,
-                    progress: Callable[[RunSummary], Any] | None = None, lock: StoreLock | None = None) -> RunSummary:
+                    progress: Callable[[RunSummary], Any] | None = None, lock: StoreLock | None = None,
+                    fingerprints: Mapping[str, dict] | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
     Files already ``done`` are skipped; ``failed`` ones are retried only with ``retry_failed``;
@@ -262,7 +282,10 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     ``audio_root``); the others under the root are left out of the store. ``redo_corrupt``: verify
     every done file first (:mod:`featurize.verify`) and featurize the bad ones again. ``lock``: the
     store's :class:`~featurize.lock.StoreLock`, when the caller took it already (it stays held);
-    otherwise the run takes it and releases it at the end.
+    otherwise the run takes it and releases it at the end. ``fingerprints``: ``{file id:
+    :func:`featurize.audio.fingerprint`}`` of the audio as it is now; a stored file whose audio
+    changed since its recorded fingerprint is featurized again (its old image objects deleted
+    first), and the fingerprints are recorded in the store's ``sources`` attribute at the end.
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
@@ -279,28 +302,31 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
         return _featurize_locked(labelling, audio_root, store_url, config, lock, started, client=client,
                                  retry_failed=retry_failed, storage_options=storage_options, time_chunk=time_chunk,
                                  zstd_level=zstd_level, shard_chunks=shard_chunks, new_audio_root=new_audio_root,
-                                 redo_corrupt=redo_corrupt, progress=progress)
+                                 redo_corrupt=redo_corrupt, progress=progress, fingerprints=fingerprints or {})
 
 
 def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig,
                       lock: StoreLock, started: float, *, client: Any, retry_failed: bool,
                       storage_options: dict[str, Any] | None, time_chunk: int, zstd_level: int, shard_chunks: int,
                       new_audio_root: bool, redo_corrupt: bool,
-                      progress: Callable[[RunSummary], Any] | None) -> RunSummary:
+                      progress: Callable[[RunSummary], Any] | None, fingerprints: Mapping[str, dict]) -> RunSummary:
     """:func:`featurize_store` once the run holds the store's lock."""
     group, rows = prepare_store(labelling, audio_root, store_url, config, new_audio_root=new_audio_root,
                                 storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level,
                                 shard_chunks=shard_chunks)
-    notes = list(labelling.notes) + reopen_incomplete(group)
+    notes = list(labelling.notes) + reopen_incomplete(group) + reopen_changed(group, rows, fingerprints)
     if redo_corrupt:
         notes += reopen_corrupt(group, store_url, storage_options)
     plan = plan_jobs(labelling.recordings, rows, schema.as_strings(group["status"][...]), retry_failed=retry_failed)
-    summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped, notes=notes)
-    for row, file_id, reason in plan.failures:
+    summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped,
+                         failed_before=plan.failed_before, notes=notes)
+    for _, file_id, reason in plan.failures:
         summary.add_failure(file_id, reason)
     summary.planned_failures = len(plan.failures)
     store_io.write_fields(group, {row: {"status": schema.FAILED, "error": reason} for row, _, reason in plan.failures})
     run_jobs(group, longest_first(plan.jobs, config, storage_options), store_url, config, summary, client=client,
              storage_options=storage_options, progress=progress, check=lock.check)
+    lock.check()
+    record_fingerprints(group, {i: f for i, f in fingerprints.items() if i in rows})
     summary.seconds = time.perf_counter() - started
     return summary

@@ -4,8 +4,9 @@ which stored files must be done again.
 * :func:`plan_jobs` (pure) turns the recordings and the store's status into :class:`Job` s and
   failures; :func:`longest_first` orders the jobs by their image width estimated from the file
   headers (:func:`estimate_width`), so dask can balance them;
-* :func:`reopen_incomplete` and :func:`reopen_corrupt` mark stored files ``pending`` again when a
-  lost field write or a damaged object means they must be redone.
+* :func:`reopen_incomplete`, :func:`reopen_corrupt` and :func:`reopen_changed` mark stored files
+  ``pending`` again, their old image objects deleted, when a lost field write, a damaged object or
+  audio edited since it was featurized means they must be redone.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from featurize import store as store_io
-from featurize.audio import is_url
-from featurize.labels import Recording
-from featurize.verify import clear_images, verify_store
-from shared import schema
-from shared.config import FeaturizerConfig
+from soundception.featurize import store as store_io
+from soundception.featurize.audio import is_url
+from soundception.featurize.labels import Recording
+from soundception.featurize.verify import clear_images, verify_store
+from soundception.shared import schema
+from soundception.shared.config import FeaturizerConfig
 
 HEADER_BYTES = 1 << 16  # what is fetched of a remote file to read its header
 LOWEST_BYTE_RATE = 4000  # B/s (32 kbit/s): a compressed file's length is bounded from its size with this
@@ -84,11 +85,13 @@ class Job:
 @dataclass(frozen=True)
 class Plan:
     """The work of one run: ``jobs`` to featurize, ``failures`` to record without featurizing
-    (``(row, file_id, reason)``) and the number of files ``skipped`` (done, or failed earlier)."""
+    (``(row, file_id, reason)``), the number of files ``skipped`` because they are done and of
+    those ``failed_before`` (failed in an earlier run, not retried)."""
 
     jobs: tuple[Job, ...]
     failures: tuple[tuple[int, str, str], ...]
     skipped: int
+    failed_before: int = 0
 
 
 def plan_jobs(recordings: Sequence[Recording], rows: Mapping[str, int], status: Sequence[str], *,
@@ -102,22 +105,25 @@ def plan_jobs(recordings: Sequence[Recording], rows: Mapping[str, int], status: 
         retry_failed: plan files that failed in an earlier run again.
 
     A recording that cannot be featurized (``problem``: missing, conflicting labels) is a failure
-    unless it is already done; a done file is skipped, and so is a failed one unless ``retry_failed``.
+    unless it is already done; a done file is skipped, and a failed one is counted as failed before
+    and left alone unless ``retry_failed``.
     Everything else (new, pending after an interruption) becomes a :class:`Job`.
     """
     jobs: list[Job] = []
     failures: list[tuple[int, str, str]] = []
-    skipped = 0
+    skipped = failed_before = 0
     for recording in recordings:
         row = rows[recording.id]
         if recording.problem:
             if status[row] != schema.DONE:
                 failures.append((row, recording.id, recording.problem))
-        elif status[row] == schema.DONE or (status[row] == schema.FAILED and not retry_failed):
+        elif status[row] == schema.DONE:
             skipped += 1
+        elif status[row] == schema.FAILED and not retry_failed:
+            failed_before += 1
         else:
             jobs.append(Job(row, recording.id, recording.path))
-    return Plan(tuple(jobs), tuple(failures), skipped)
+    return Plan(tuple(jobs), tuple(failures), skipped, failed_before)
 
 
 def longest_first(jobs: Sequence[Job], config: FeaturizerConfig,
@@ -148,6 +154,31 @@ def reopen_incomplete(group: zarr.Group) -> list[str]:
     clear_images(group, broken)
     store_io.write_fields(group, {int(row): {"status": schema.PENDING, "error": ""} for row in broken})
     return [f"{broken.size} file(s) were marked done without a width or duration; featurized again"]
+
+
+def reopen_changed(group: zarr.Group, rows: Mapping[str, int], fingerprints: Mapping[str, dict]) -> list[str]:
+    """Mark ``pending`` every stored file whose audio's fingerprint (:func:`featurize.audio.fingerprint`)
+    differs from the one recorded when it was featurized, its image objects deleted first (a shorter
+    new recording must not leave objects past its width); returns a note if any. Files with no
+    recorded fingerprint are left as they are."""
+    known = dict(group.attrs).get(schema.SOURCES, {})
+    status = schema.as_strings(group["status"][...])
+    changed = [rows[i] for i, now in fingerprints.items()
+               if i in known and i in rows and known[i] != now and status[rows[i]] != schema.PENDING]
+    if not changed:
+        return []
+    clear_images(group, changed)
+    store_io.write_fields(group, {row: {"status": schema.PENDING, "error": "", "warning": ""} for row in changed})
+    return [f"{len(changed)} file(s) changed since they were featurized; featurized again"]
+
+
+def record_fingerprints(group: zarr.Group, fingerprints: Mapping[str, dict]) -> None:
+    """Record ``fingerprints`` in the store's ``sources`` attribute (merged with those already there)."""
+    if not fingerprints:
+        return
+    known = dict(dict(group.attrs).get(schema.SOURCES, {}))
+    known.update({i: dict(f) for i, f in fingerprints.items()})
+    group.attrs[schema.SOURCES] = known
 
 
 def reopen_corrupt(group: zarr.Group, store_url: str, storage_options: dict[str, Any] | None) -> list[str]:

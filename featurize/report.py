@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import schema
-from shared.reader import FeatureStore
+from soundception.shared import schema
+from soundception.shared.reader import FeatureStore
 
 
 def _store_bytes(url: str) -> int | None:

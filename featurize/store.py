@@ -27,17 +27,18 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from featurize.lock import fields_lock
-from shared import schema
-from shared.config import FeaturizerConfig, config_differences, config_hash
-from shared.reader import open_options
+from soundception.featurize.lock import fields_lock
+from soundception.shared import schema
+from soundception.shared.config import FeaturizerConfig, config_differences, config_hash
+from soundception.shared.reader import open_options
+from soundception.shared.errors import UserError
 
 DEFAULT_TIME_CHUNK = 1024  # columns (5.1 s); see bench/loader.py for the measurement
 PER_FILE_CHUNK = 4096
 WRITE_CHUNKS = 4  # image chunks per zarr write call (bounded memory, fewer round trips)
 
 
-class StoreMismatch(RuntimeError):
+class StoreMismatch(UserError, RuntimeError):
     """The existing store was written with another featurizer config (or is not a feature store)."""
 
 

@@ -25,8 +25,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from shared import schema
-from shared.reader import FeatureStore, StoreError
+from soundception.shared import schema
+from soundception.shared.reader import FeatureStore, StoreError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.text import check_known_keys
+from soundception.shared.errors import UserError
+from soundception.shared.text import check_known_keys
 
 RESIZE_METHODS = ("max", "area", "bilinear")
 
@@ -89,33 +90,33 @@ class FeaturizerConfig:
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
-            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+            raise UserError(f"sample_rate must be positive, got {self.sample_rate}")
         if self.min_duration < 0:
-            raise ValueError(f"min_duration must be >= 0 s, got {self.min_duration}")
+            raise UserError(f"min_duration must be >= 0 s, got {self.min_duration}")
         if not self.fft_windows or any(int(w) < 2 for w in self.fft_windows):
-            raise ValueError(f"fft_windows must be window sizes >= 2 samples, got {self.fft_windows}")
+            raise UserError(f"fft_windows must be window sizes >= 2 samples, got {self.fft_windows}")
         if not self.hop_lengths:
             object.__setattr__(self, "hop_lengths", tuple(max(1, int(w) // 4) for w in self.fft_windows))
         object.__setattr__(self, "hop_lengths", tuple(int(h) for h in self.hop_lengths))
         if len(self.hop_lengths) != len(self.fft_windows) or min(self.hop_lengths) <= 0:
-            raise ValueError(f"hop_lengths must give one positive hop per FFT window, got {self.hop_lengths}")
+            raise UserError(f"hop_lengths must give one positive hop per FFT window, got {self.hop_lengths}")
         for name in ("time_resize", "frequency_resize"):
             if getattr(self, name) not in RESIZE_METHODS:
-                raise ValueError(f"{name} must be one of {RESIZE_METHODS}, got {getattr(self, name)!r}")
+                raise UserError(f"{name} must be one of {RESIZE_METHODS}, got {getattr(self, name)!r}")
         if not 0.0 <= self.background_percentile < self.ceiling_percentile <= 100.0:
-            raise ValueError("background_percentile and ceiling_percentile must satisfy 0 <= background < ceiling "
+            raise UserError("background_percentile and ceiling_percentile must satisfy 0 <= background < ceiling "
                              f"<= 100, got {self.background_percentile} and {self.ceiling_percentile}")
         least, most = self.dynamic_range_db
         if not 0.0 <= least <= most:
-            raise ValueError(f"dynamic_range_db must be (least, most) dB with 0 <= least <= most, got {self.dynamic_range_db}")
+            raise UserError(f"dynamic_range_db must be (least, most) dB with 0 <= least <= most, got {self.dynamic_range_db}")
         if not math.isfinite(self.floor_db):
-            raise ValueError(f"floor_db must be a finite number of dB, got {self.floor_db}")
+            raise UserError(f"floor_db must be a finite number of dB, got {self.floor_db}")
         if self.image_height < 2 or self.image_seconds <= 0:
-            raise ValueError("image_height must be >= 2 px and image_seconds > 0 s")
+            raise UserError("image_height must be >= 2 px and image_seconds > 0 s")
         if not self.empty_band_db > 0:
-            raise ValueError(f"empty_band_db must be positive dB (inf: keep every row), got {self.empty_band_db}")
+            raise UserError(f"empty_band_db must be positive dB (inf: keep every row), got {self.empty_band_db}")
         if self.percentile_columns < 1:
-            raise ValueError("percentile_columns must be >= 1")
+            raise UserError("percentile_columns must be >= 1")
         object.__setattr__(self, "fft_windows", tuple(int(w) for w in self.fft_windows))
         object.__setattr__(self, "dynamic_range_db", (float(least), float(most)))
         for name in ("background_percentile", "floor_db", "ceiling_percentile"):
@@ -123,7 +124,7 @@ class FeaturizerConfig:
         if not self.channel_names:
             object.__setattr__(self, "channel_names", tuple(f"fft{w}" for w in self.fft_windows))
         if len(self.channel_names) != len(self.fft_windows):
-            raise ValueError("channel_names must name every FFT window")
+            raise UserError("channel_names must name every FFT window")
 
     @property
     def pixels_per_second(self) -> float:
@@ -139,10 +140,10 @@ class FeaturizerConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FeaturizerConfig":
+    def from_dict(cls, data: dict[str, Any]) -> FeaturizerConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
         if "clip_percentiles" in data:
-            raise ValueError("this featurizer config is from before schema 4 (clip_percentiles): its images were "
+            raise UserError("this featurizer config is from before schema 4 (clip_percentiles): its images were "
                              "scaled by another rule; featurize the audio into a new store")
         check_known_keys(data, (f.name for f in dataclasses.fields(cls)), "featurizer config")
         values = dict(data)

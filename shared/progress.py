@@ -40,7 +40,7 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

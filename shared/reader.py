@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import zarr
 
-from shared import schema
-from shared.config import FeaturizerConfig
-from shared.text import one_line, refuse_credentials_in_url
+from soundception.shared import schema
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.text import one_line, refuse_credentials_in_url
+from soundception.shared.errors import UserError
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The path is not a readable feature store, or the store is not what the reader expects."""
 
 

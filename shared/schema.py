@@ -19,14 +19,16 @@ A store is one Zarr v3 group::
     warning     (file,)                      str     one-line note when done with a caveat
 
 Group attributes: ``schema_version``, ``featurizer_config`` (dict), ``config_hash``,
-``versions`` (library versions that wrote it), ``audio_root``.
+``versions`` (library versions that wrote it), ``audio_root``, and ``sources`` where a run was given
+its audio's fingerprints (``{file id: {"size": bytes, "mtime": str}}``: what the audio was when
+its image was made, so a file edited since is featurized again; ``predict`` from audio does this).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from shared.config import FeaturizerConfig
+from soundception.shared.config import FeaturizerConfig
 
 # 2: one hop per FFT window and pooled resizes (hop_lengths, time_resize, frequency_resize)
 # 3: empty frequency bands (codec cut-offs, upsampled audio) left out of the clip bounds (empty_band_db)
@@ -49,6 +51,9 @@ PER_FILE = {
     "warning": ((FILE,), "str", ""),
 }
 PER_CLASS = {"class_name": ((CLASS,), "str", "")}
+
+ATTRIBUTES = ("schema_version", "featurizer_config", "config_hash", "versions", "audio_root", "sources")
+SOURCES = "sources"
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 STATUSES = (PENDING, DONE, FAILED)

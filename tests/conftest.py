@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +54,11 @@ def trained_run(tmp_path_factory):
     """
     from types import SimpleNamespace
 
-    from featurize.pipeline import featurize_store
-    from featurize.synthetic import make_dataset
-    from shared.config import FeaturizerConfig
-    from train.config import RunConfig, StageConfig
-    from train.loop import train
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.featurize.synthetic import make_dataset
+    from soundception.shared.config import FeaturizerConfig
+    from soundception.train.config import RunConfig, StageConfig
+    from soundception.train.loop import train
 
     root = tmp_path_factory.mktemp("trained")
     config = FeaturizerConfig(image_height=64, image_seconds=0.75, min_duration=4.0)
@@ -72,6 +77,37 @@ def trained_run(tmp_path_factory):
 
 
 def _no_augment():
-    from train.augment import AugmentConfig
+    from soundception.train.augment import AugmentConfig
 
     return AugmentConfig.from_spec("none")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3-compatible server (moto) on loopback, one per test module; yields storage options."""
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if server is None:
+        pytest.fail("moto_server is not installed: pip install -e '.[dev]'")
+    port = free_port()
+    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("moto_server did not start")
+        yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

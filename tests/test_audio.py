@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import SR, noise, tone, write
 
-from featurize.audio import DecodeError, decode
+from soundception.featurize.audio import DecodeError, decode
 
 
 def peak_frequency(samples: np.ndarray, sample_rate: int) -> float:

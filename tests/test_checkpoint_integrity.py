@@ -20,18 +20,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featurize.pipeline import featurize_store
-from featurize.synthetic import make_dataset
-from shared.config import FeaturizerConfig
-from shared.reader import FeatureStore
-from train.augment import AugmentConfig
-from train.checkpoint import load_checkpoint, save_checkpoint
-from train.cli import evaluate_command, train_command
-from train.config import RunConfig, StageConfig, UserError, crop_width_px
-from train.evaluate import evaluate, evaluate_model
-from train.loop import train
-from train.model import build_model
-from train.trained import load_trained_model
+from soundception.featurize.pipeline import featurize_store
+from soundception.featurize.synthetic import make_dataset
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.reader import FeatureStore
+from soundception.train.augment import AugmentConfig
+from soundception.train.checkpoint import load_checkpoint, save_checkpoint
+from soundception.train.cli import evaluate_command, train_command
+from soundception.train.config import RunConfig, StageConfig, UserError, crop_width_px
+from soundception.train.evaluate import evaluate, evaluate_model
+from soundception.train.loop import train
+from soundception.train.model import build_model
+from soundception.train.trained import load_trained_model
 
 BACKBONE = "test_efficientnet"
 CONFIG = FeaturizerConfig(image_height=64, image_seconds=0.75, min_duration=4.0)
@@ -221,7 +221,7 @@ def test_every_command_that_loads_a_checkpoint_refuses_a_damaged_one(run, tmp_pa
         "train --resume": (train_command, ["--store", store_url, "--out", str(resumed), "--resume",
                                            "--backbone", BACKBONE]),
     }
-    from shared.compose import explain_command, predict_command
+    from soundception.compose import explain_command, predict_command
 
     commands["predict"] = (predict_command, ["--checkpoint", str(damaged), "--store", store_url,
                                              "--out", str(tmp_path / "predicted")])

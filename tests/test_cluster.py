@@ -22,18 +22,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from featurize.pipeline import featurize_store
-from shared import FeatureStore, FeaturizerConfig
-from shared.cli import main
+from soundception.featurize.pipeline import featurize_store
+from soundception.shared import FeatureStore, FeaturizerConfig
+from soundception.cli import main
+from conftest import free_port
 
 BIN = Path(sys.executable).parent
 SMALL = FeaturizerConfig(min_duration=4.0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, seconds: float = 30) -> None:
@@ -57,11 +54,12 @@ def external_cluster():
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
              "env": {**environment, "PYTHONPATH": str(Path(__file__).parent)}}
-    processes = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                   "--port", str(port),
                                    "--no-dashboard"], **quiet)]
     try:
         wait_for_port(port)
-        processes += [subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1",
+        processes += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
                                         "--no-dashboard", "--host", "127.0.0.1"], **quiet) for _ in range(2)]
         from distributed import Client
 
@@ -240,7 +238,7 @@ HOLD_PRELOAD = """
 import os
 import time
 
-import featurize.pipeline as pipeline
+import soundception.featurize.pipeline as pipeline
 
 _decode = getattr(pipeline.decode, "unheld", pipeline.decode)  # dask may run a preload more than once
 
@@ -258,7 +256,7 @@ pipeline.decode = _held_decode
 
 
 def test_ctrl_c_prints_one_line_and_the_rerun_keeps_finished_files(tmp_path):
-    from featurize.synthetic import make_dataset
+    from soundception.featurize.synthetic import make_dataset
 
     make_dataset(tmp_path / "data", n_species=2, files_per_species=10, min_seconds=20, max_seconds=40, seed=3)
     audio = tmp_path / "data" / "audio"
@@ -290,7 +288,7 @@ def test_ctrl_c_prints_one_line_and_the_rerun_keeps_finished_files(tmp_path):
     assert process.returncode == 130, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert "Traceback" not in output, output
-    assert lines[-1].startswith("interrupted: files finished so far are kept")
+    assert lines[-1].startswith("Error: interrupted: files finished so far are kept")
     done = FeatureStore(str(store)).table["status"] == "done"
     assert 2 <= done.sum() < 20
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)

@@ -9,10 +9,10 @@ import pytest
 import soundfile
 import soxr
 
-from featurize.audio import decode
-from featurize.image import multiscale_image
-from featurize.synthetic import render_recording, species_table
-from shared.config import FeaturizerConfig
+from soundception.featurize.audio import decode
+from soundception.featurize.image import multiscale_image
+from soundception.featurize.synthetic import render_recording, species_table
+from soundception.shared.config import FeaturizerConfig
 
 RATE = 44100  # as field recorders and archives write it; the featurizer resamples to 22,050 Hz
 SECONDS = 8.0

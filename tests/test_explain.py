@@ -11,11 +11,11 @@ import torch
 import zarr
 from PIL import Image
 
-from shared.reader import FeatureStore
-from train.config import UserError, crop_width_px
-from train.explain import MARK_BAND, Attention, draw, explain_file, repeat_times
-from train.trained import load_trained_model
-from train.windows import window_starts
+from soundception.shared.reader import FeatureStore
+from soundception.train.config import UserError, crop_width_px
+from soundception.train.explain import MARK_BAND, Attention, draw, explain_file, repeat_times
+from soundception.train.trained import load_trained_model
+from soundception.train.windows import window_starts
 
 
 def read_png(path) -> tuple[np.ndarray, dict[str, str]]:
@@ -194,7 +194,7 @@ def test_explain_file_refuses_in_one_line(run, tmp_path):
 def test_explain_command_from_audio_and_from_store_draw_the_same_window(run, tmp_path):
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from soundception.cli import main
 
     trained_run, store, trained, _ = run
     file_id = "sp01/XC000008.flac"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import SR, noise, tone
 
-from featurize.image import MultiscaleImage, channel_columns, multiscale_image
-from shared.config import FeaturizerConfig
-from shared.schema import freq_coordinate, time_coordinate
+from soundception.featurize.image import MultiscaleImage, channel_columns, multiscale_image
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.schema import freq_coordinate, time_coordinate
 
 CONFIG = FeaturizerConfig(min_duration=0.0)
 COLUMN = SR * 1.5 / 299  # samples per image column (110.6)

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from conftest import SR, noise, tone, write
 
-from featurize.audio import DecodeError, decode
+from soundception.featurize.audio import DecodeError, decode
 
 # format keyword arguments for soundfile.write, by file extension; opus is always 48 kHz
 CODECS = {
@@ -159,11 +159,11 @@ def test_a_cut_mp3_without_its_xing_header_keeps_what_decoded_and_warns(tmp_path
 def test_a_frame_count_only_mpg123_reads_is_still_used(tmp_path, monkeypatch):
     """Should mpg123 find a frame count that ``_mp3_counts_frames`` misses, the pipe's stream
     is seekable, and a soundfile read, which seeks after reading, would fail on it."""
-    import featurize.audio
+    import soundception.featurize.audio as audio_module
 
     signal = tone(1000.0, 3.0) + noise(3.0)
     path = write(tmp_path / "a.mp3", signal, **CODECS["mp3"])
-    monkeypatch.setattr(featurize.audio, "_mp3_counts_frames", lambda path: False)
+    monkeypatch.setattr(audio_module, "_mp3_counts_frames", lambda path: False)
     decoded = decode(path, sample_rate=SR)
     assert decoded.warning == "" and decoded.samples.size == signal.size
 
@@ -246,7 +246,7 @@ GOOD_ROWS = {"x/a.wav": ("wren", ("robin", "tit")), "x/b, the second.wav": ("rob
     + b"x/c.wav,,\n",
 ], ids=["csv-header-quoted", "tsv-bom-crlf", "comments-blanks-trailing"])
 def test_label_csv_accepts_the_usual_layouts(tmp_path, content):
-    from featurize.labels import read_csv
+    from soundception.featurize.labels import read_csv
 
     path = tmp_path / "labels.csv"
     path.write_bytes(content)
@@ -268,7 +268,7 @@ def test_label_csv_accepts_the_usual_layouts(tmp_path, content):
 ], ids=["five-fields", "wrong-delimiter", "unterminated-quote", "field-over-lines", "stray-quote", "nul",
         "escape", "tab-in-csv-field", "latin-1", "bom-then-bad-byte"])
 def test_a_malformed_label_csv_stops_with_its_file_and_line(tmp_path, content, line, reason):
-    from featurize.labels import MetadataError, read_csv
+    from soundception.featurize.labels import MetadataError, read_csv
 
     path = tmp_path / "labels.csv"
     path.write_bytes(content)
@@ -280,8 +280,8 @@ def test_a_malformed_label_csv_stops_with_its_file_and_line(tmp_path, content, l
 
 
 def test_a_malformed_label_csv_stops_before_the_store_is_written(tmp_path, small_corpus):
-    from featurize.labels import MetadataError
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.labels import MetadataError
+    from soundception.featurize.pipeline import featurize_store
 
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("low/low0.wav,low\nlow/low1.wav,\"low\nhigh/high0.wav,high\n")
@@ -292,19 +292,18 @@ def test_a_malformed_label_csv_stops_before_the_store_is_written(tmp_path, small
 
 # ---- audio on object storage (moto S3 on loopback) ----------------------------------------
 
-from test_object_storage import s3_endpoint  # noqa: F401  (the module's moto server fixture)
 
 SECRET = {"key": "AKIA-NOT-IN-MESSAGES", "secret": "s3cr3t-not-in-messages"}  # moto takes any pair
 
 
-def test_audio_from_s3_lists_and_decodes_like_the_local_copy(tmp_path, s3_endpoint, monkeypatch):  # noqa: F811
+def test_audio_from_s3_lists_and_decodes_like_the_local_copy(tmp_path, s3_endpoint, monkeypatch):
     import s3fs
 
     copies = tmp_path / "copies"
     copies.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(copies))  # where decode's temporary copies go
 
-    from featurize.labels import discover_audio, label_recordings
+    from soundception.featurize.labels import discover_audio, label_recordings
 
     local = tmp_path / "audio"
     write(local / "low" / "a.wav", tone(1000.0, 1.5) + noise(1.5, seed=1), subtype="PCM_16")
@@ -342,11 +341,11 @@ def test_audio_from_s3_lists_and_decodes_like_the_local_copy(tmp_path, s3_endpoi
     assert not list(copies.iterdir())  # every temporary copy deleted
 
 
-def test_s3_errors_are_one_line_and_carry_no_credentials(tmp_path, s3_endpoint):  # noqa: F811
+def test_s3_errors_are_one_line_and_carry_no_credentials(tmp_path, s3_endpoint):
     import s3fs
 
-    from featurize.audio import DecodeError
-    from featurize.labels import discover_audio
+    from soundception.featurize.audio import DecodeError
+    from soundception.featurize.labels import discover_audio
 
     options = {**s3_endpoint, **SECRET}
     s3fs.S3FileSystem(**options).mkdir("empty-bucket")

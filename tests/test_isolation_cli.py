@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from shared.cli import main
+from soundception.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def modules_loaded_by(statement: str) -> set[str]:
 
 
 def package_modules(package: str) -> list[str]:
-    return [f"{package}.{p.stem}" for p in sorted((ROOT / package).glob("*.py")) if p.stem != "__main__"]
+    return [f"soundception.{package}.{p.stem}" for p in sorted((ROOT / package).glob("*.py")) if p.stem != "__main__"]
 
 
 @pytest.mark.parametrize("package", ["featurize", "shared"])
@@ -40,9 +40,9 @@ def test_trainer_side_never_imports_librosa_or_dask():
 
 def test_featurize_help_loads_no_trainer():
     loaded = modules_loaded_by(
-        "from click.testing import CliRunner; from shared.cli import main; "
+        "from click.testing import CliRunner; from soundception.cli import main; "
         "CliRunner().invoke(main, ['featurize', '--help'])")
-    assert "featurize" in loaded and not loaded & {"torch", "timm", "dask", "librosa"}
+    assert "soundception" in loaded and not loaded & {"torch", "timm", "dask", "librosa"}
 
 
 def test_cli_featurize_inspect_failed_and_png(small_corpus, tmp_path):
@@ -72,7 +72,7 @@ def test_cli_featurize_inspect_failed_and_png(small_corpus, tmp_path):
 def test_cli_featurizes_on_an_existing_dask_scheduler(small_corpus, tmp_path):
     from distributed import LocalCluster
 
-    from shared import FeatureStore
+    from soundception.shared import FeatureStore
 
     store = str(tmp_path / "remote.zarr")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:

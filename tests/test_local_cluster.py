@@ -11,12 +11,12 @@ import urllib.request
 
 import pytest
 
-from featurize.cluster import WORKER_MALLOC, local_client
+from soundception.featurize.cluster import WORKER_MALLOC, local_client
 
 
 def worker_state() -> dict:
     return {"malloc": {name: os.environ.get(name) for name in WORKER_MALLOC},
-            "prepared": "featurize.image" in sys.modules and gc.get_freeze_count() > 0}
+            "prepared": "soundception.featurize.image" in sys.modules and gc.get_freeze_count() > 0}
 
 
 def test_local_workers_get_malloc_settings_and_are_prepared_while_the_driver_waits():
@@ -46,7 +46,7 @@ def test_closing_its_own_cluster_silences_the_workers_logs_first_and_a_given_clu
     close; those of a cluster given with ``--scheduler`` keep their logging."""
     from distributed import Client, LocalCluster, WorkerPlugin
 
-    from featurize.cluster import close_client
+    from soundception.featurize.cluster import close_client
 
     class RecordLogLevelAtClose(WorkerPlugin):  # defined here: shipped to the workers by value
         """Writes the worker's ``distributed.worker`` log level to a file as the worker closes."""

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.inference import FileWindows
+from soundception.train.inference import FileWindows
 
-_SPEC = importlib.util.spec_from_file_location("bench_localize", Path(__file__).parents[1] / "bench" / "localize.py")
+BENCH = Path(__file__).parents[1] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))  # the script's sibling bench_data, as when it runs as a script
+_SPEC = importlib.util.spec_from_file_location("bench_localize", BENCH / "localize.py")
 localize = importlib.util.module_from_spec(_SPEC)
 sys.modules[_SPEC.name] = localize  # dataclasses look their module up there
 _SPEC.loader.exec_module(localize)

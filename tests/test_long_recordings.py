@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import SR, noise, tone, write
 
-import featurize.audio
-from featurize.audio import decode, self_concatenate
-from featurize.image import MultiscaleImage
-from featurize.signal import SignalWriter, is_disk_backed, release_pages
-from shared.config import FeaturizerConfig
+import soundception.featurize.audio as audio_module
+from soundception.featurize.audio import decode, self_concatenate
+from soundception.featurize.image import MultiscaleImage
+from soundception.featurize.signal import SignalWriter, is_disk_backed, release_pages
+from soundception.shared.config import FeaturizerConfig
 
 
 def resident_bytes(array: np.ndarray) -> int:
@@ -74,9 +74,9 @@ def twelve_minutes(tmp_path_factory):
 
 
 def test_a_long_decode_goes_to_disk_with_the_same_samples(twelve_minutes, monkeypatch):
-    monkeypatch.setattr(featurize.audio, "DISK_SIGNAL_SECONDS", math.inf)
+    monkeypatch.setattr(audio_module, "DISK_SIGNAL_SECONDS", math.inf)
     in_memory = decode(twelve_minutes, sample_rate=SR)
-    monkeypatch.setattr(featurize.audio, "DISK_SIGNAL_SECONDS", 60.0)
+    monkeypatch.setattr(audio_module, "DISK_SIGNAL_SECONDS", 60.0)
     on_disk = decode(twelve_minutes, sample_rate=SR)
     assert not is_disk_backed(in_memory.samples) and is_disk_backed(on_disk.samples)
     assert on_disk.samples.size == pytest.approx(720 * SR, abs=2)
@@ -86,9 +86,9 @@ def test_a_long_decode_goes_to_disk_with_the_same_samples(twelve_minutes, monkey
 
 def test_images_from_a_disk_signal_are_byte_identical_and_stay_small_in_memory(twelve_minutes, monkeypatch):
     config = FeaturizerConfig()
-    monkeypatch.setattr(featurize.audio, "DISK_SIGNAL_SECONDS", math.inf)
+    monkeypatch.setattr(audio_module, "DISK_SIGNAL_SECONDS", math.inf)
     in_memory = MultiscaleImage.plan(decode(twelve_minutes, sample_rate=SR).samples, config)
-    monkeypatch.setattr(featurize.audio, "DISK_SIGNAL_SECONDS", 60.0)
+    monkeypatch.setattr(audio_module, "DISK_SIGNAL_SECONDS", 60.0)
     samples = decode(twelve_minutes, sample_rate=SR).samples
     signal, repeats = self_concatenate(samples, min_samples=math.ceil(config.min_duration * SR))
     assert repeats == 1 and is_disk_backed(signal)
@@ -106,14 +106,14 @@ def test_images_from_a_disk_signal_are_byte_identical_and_stay_small_in_memory(t
 
 
 def test_the_store_holds_the_same_image_either_way(twelve_minutes, tmp_path, monkeypatch):
-    from featurize.pipeline import featurize_store
-    from shared import FeatureStore
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.shared import FeatureStore
 
     config = FeaturizerConfig(image_height=64)
     folder = twelve_minutes.parent
-    monkeypatch.setattr(featurize.audio, "DISK_SIGNAL_SECONDS", math.inf)
+    monkeypatch.setattr(audio_module, "DISK_SIGNAL_SECONDS", math.inf)
     featurize_store(folder, str(tmp_path / "memory.zarr"), config=config, labels="none")
-    monkeypatch.setattr(featurize.audio, "DISK_SIGNAL_SECONDS", 60.0)
+    monkeypatch.setattr(audio_module, "DISK_SIGNAL_SECONDS", 60.0)
     featurize_store(folder, str(tmp_path / "disk.zarr"), config=config, labels="none")
     memory, disk = FeatureStore(str(tmp_path / "memory.zarr")), FeatureStore(str(tmp_path / "disk.zarr"))
     assert list(disk.table["status"]) == ["done"]

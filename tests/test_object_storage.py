@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 import xarray as xr
 
-from featurize.pipeline import featurize_store
-from shared import FeatureStore, FeaturizerConfig
+from soundception.featurize.pipeline import featurize_store
+from soundception.shared import FeatureStore, FeaturizerConfig
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if server is None:
-        pytest.fail("moto_server is not installed: pip install -e '.[dev]'")
-    port = free_port()
-    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("moto_server did not start")
-        yield {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_featurize_to_s3_and_read_back(small_corpus, tmp_path, s3_endpoint):
@@ -80,8 +45,8 @@ def test_audio_on_s3_to_a_store_on_s3_to_training_crops_with_credentials_from_th
     import s3fs
     from click.testing import CliRunner
 
-    from featurize.synthetic import make_dataset
-    from shared.cli import main
+    from soundception.featurize.synthetic import make_dataset
+    from soundception.cli import main
 
     make_dataset(tmp_path / "data", n_species=2, files_per_species=3, min_seconds=3, max_seconds=6, seed=1)
     (tmp_path / "data" / "audio" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")

@@ -16,10 +16,10 @@ import pytest
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from featurize.audio import decode, self_concatenate
-from featurize.image import multiscale_image
-from featurize.pipeline import featurize_store
-from shared import FeatureStore, FeaturizerConfig, schema
+from soundception.featurize.audio import decode, self_concatenate
+from soundception.featurize.image import multiscale_image
+from soundception.featurize.pipeline import featurize_store
+from soundception.shared import FeatureStore, FeaturizerConfig, schema
 
 tensorstore = pytest.importorskip("tensorstore")
 

@@ -15,14 +15,14 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from shared.cli import main
-from shared.reader import FeatureStore
-from train import tables
-from train.config import UserError
-from train.inference import FileWindows
-from train.predict import PredictOptions, predict_store
-from train.score import read_run_file
-from train.segments import segment_scores
+from soundception.cli import main
+from soundception.shared.reader import FeatureStore
+from soundception.train import tables
+from soundception.train.config import UserError
+from soundception.train.inference import FileWindows
+from soundception.train.predict import PredictOptions, predict_store
+from soundception.train.score import read_run_file
+from soundception.train.segments import segment_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,8 +143,8 @@ def test_birdclef_time_codes_keep_a_short_last_segment():
 def test_the_journal_key_changes_with_what_changes_the_scores(trained_run):
     import dataclasses
 
-    from train.predict import result_key
-    from train.trained import load_trained_model
+    from soundception.train.predict import result_key
+    from soundception.train.trained import load_trained_model
 
     trained = load_trained_model(trained_run.checkpoint)
     source, options = {"size": 10, "mtime": 1}, PredictOptions()
@@ -202,7 +202,7 @@ def test_every_table_parses_back_to_the_same_rows(trained_run, tmp_path):
 
 def test_a_killed_run_resumes_without_predicting_anything_twice(trained_run, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "shared.cli", "predict", "--checkpoint", str(trained_run.checkpoint),
+    command = [sys.executable, "-m", "soundception", "predict", "--checkpoint", str(trained_run.checkpoint),
                "--store", trained_run.store, "--out", str(out), "--hop", "0.05", "--batch-size", "1",
                "--device", "cpu", "--no-progress"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -272,7 +272,7 @@ def test_an_unreadable_image_chunk_fails_its_file_alone(trained_run, tmp_path):
 
 
 def test_a_store_made_with_another_config_is_refused(trained_run, tmp_path):
-    from featurize.pipeline import featurize_store
+    from soundception.featurize.pipeline import featurize_store
 
     other = trained_run.config.__class__(**{**trained_run.config.to_dict(), "image_height": 48,
                                             "fft_windows": tuple(trained_run.config.fft_windows),
@@ -310,8 +310,8 @@ def test_embeddings_open_in_xarray_and_equal_the_pooled_features(trained_run, tm
     import torch
     import xarray
 
-    from train.trained import load_trained_model
-    from train.windows import window_starts
+    from soundception.train.trained import load_trained_model
+    from soundception.train.windows import window_starts
 
     path = tmp_path / "emb.zarr"
     predict_store(trained_run.checkpoint, trained_run.store, tmp_path / "out", PredictOptions(device="cpu"),
@@ -342,9 +342,9 @@ def test_embeddings_open_in_xarray_and_equal_the_pooled_features(trained_run, tm
 
 
 def test_a_birdclef_run_scores_the_same_map_as_evaluate(trained_run, tmp_path):
-    from train.evaluate import evaluate
-    from train.score import read_run_file, read_truth, score
-    from train.trained import load_trained_model
+    from soundception.train.evaluate import evaluate
+    from soundception.train.score import read_run_file, read_truth, score
+    from soundception.train.trained import load_trained_model
 
     trained = load_trained_model(trained_run.checkpoint)
     predict_store(trained_run.checkpoint, trained_run.store, tmp_path,

@@ -7,8 +7,8 @@ import re
 
 from click.testing import CliRunner
 
-from shared.cli import main
-from shared.progress import Progress
+from soundception.cli import main
+from soundception.shared.progress import Progress
 
 LINE = re.compile(r"^featurize: (\d+)/(\d+) file \((\d+)%\) in [\d.]+ s$")
 FEATURIZE_LINE = re.compile(r"^featurize: (\d+)/(\d+) file \((\d+)%\) in [\d.]+ s  (\d+) done, (\d+) failed, "

@@ -9,9 +9,9 @@ import numpy as np
 from click.testing import CliRunner
 from matplotlib import colormaps
 
-from featurize import store as store_io
-from shared.cli import main
-from shared.config import FeaturizerConfig
+from soundception.featurize import store as store_io
+from soundception.cli import main
+from soundception.shared.config import FeaturizerConfig
 
 CONFIG = FeaturizerConfig(min_duration=1.0)
 WIDTH = 600  # columns, 3 s

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import label_ranking_average_precision_score
 
-from shared.cli import main
-from train.score import ScoreFileError, format_tc, parse_tc, read_run_file, read_truth, score
+from soundception.cli import main
+from soundception.train.score import ScoreFileError, format_tc, parse_tc, read_run_file, read_truth, score
 
 TRUTH = "MediaId,ClassId,BackgroundClassIds\n"
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from conftest import SR, noise, tone
 
-from featurize.audio import self_concatenate
-from featurize.clip import tail_percentile, to_uint8
-from featurize.image import MultiscaleImage, multiscale_image, resize_frequency
-from featurize.spectrogram import frame_count, frames_at, log_power
-from shared.config import FeaturizerConfig
-from shared.schema import freq_coordinate, time_coordinate
+from soundception.featurize.audio import self_concatenate
+from soundception.featurize.clip import tail_percentile, to_uint8
+from soundception.featurize.image import MultiscaleImage, multiscale_image, resize_frequency
+from soundception.featurize.spectrogram import frame_count, frames_at, log_power
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.schema import freq_coordinate, time_coordinate
 
 CONFIG = FeaturizerConfig()
 
@@ -41,7 +41,7 @@ def test_frames_in_blocks_equal_frames_at_once():
 
 def test_frame_range_equals_gathered_frames_at_the_ends_and_inside():
     """The strided frames (zero-padded near the ends) are the gathered, zero-padded frames."""
-    from featurize.spectrogram import frame_range
+    from soundception.featurize.spectrogram import frame_range
 
     rng = np.random.default_rng(3)
     for size in (50, 127, 300, 5000):
@@ -150,7 +150,7 @@ def test_one_pass_equals_two_passes(monkeypatch, resize):
     ``area`` averages bins with a matrix product, whose BLAS kernels round differently for another
     number of rows (sampled columns versus a block): there the bounds agree to float precision and
     pixels to one grey level."""
-    import featurize.image as image_module
+    import soundception.featurize.image as image_module
 
     config = FeaturizerConfig(time_resize=resize, frequency_resize=resize, min_duration=0.0, percentile_columns=300)
     signal = noise(9.0, seed=8) + tone(3000.0, 9.0, amplitude=0.3) * (np.arange(9 * SR) % SR < SR // 3)
@@ -168,7 +168,7 @@ def test_one_pass_equals_two_passes(monkeypatch, resize):
 
 def test_tail_percentiles_and_medians_equal_numpy():
     """The sort-based percentiles and row medians give numpy's values exactly (ties, odd and even counts)."""
-    from featurize.clip import column_medians
+    from soundception.featurize.clip import column_medians
 
     rng = np.random.default_rng(9)
     for trial in range(200):
@@ -185,7 +185,7 @@ def test_tail_percentiles_equal_numpy_on_large_arrays():
     an evenly spaced sample, checked by count); they still equal ``np.percentile`` exactly, on
     noise, ties, sorted values, and values laid out so the sample misleads the threshold (then
     the whole array is sorted)."""
-    from featurize.clip import SELECT_MIN, SELECT_SAMPLE, order_statistics
+    from soundception.featurize.clip import SELECT_MIN, SELECT_SAMPLE, order_statistics
 
     rng = np.random.default_rng(10)
     n = 4 * SELECT_MIN + 7
@@ -233,7 +233,7 @@ def test_clip_bounds_by_hand_and_holes_under_the_median_do_not_move_them():
     (median) is -30, the floor 6 dB over it, the ceiling the 99.9th percentile. Punching holes
     into the quietest 30 % (as a lossy codec zeroes what it judges inaudible) moves neither bound;
     the 1st percentile, the floor before schema 4, falls from -59.4 to -100 dB."""
-    from featurize.clip import channel_bounds
+    from soundception.featurize.clip import channel_bounds
 
     rng = np.random.default_rng(2)
     ordered = (-60 + 60 * np.arange(1000) / 999).astype(np.float32)
@@ -254,7 +254,7 @@ def test_clip_bounds_by_hand_and_holes_under_the_median_do_not_move_them():
 
 
 def test_an_empty_band_is_left_out_of_the_clip_bounds():
-    from featurize.clip import channel_bounds, empty_rows
+    from soundception.featurize.clip import channel_bounds, empty_rows
 
     rng = np.random.default_rng(1)
     values = rng.normal(0.0, 3.0, size=(200, 30)).astype(np.float32)

@@ -11,11 +11,11 @@ import xarray as xr
 import zarr
 from conftest import SR, noise, tone, write
 
-from featurize import store as store_io
-from featurize.audio import decode, self_concatenate
-from featurize.image import multiscale_image
-from featurize.pipeline import featurize_store
-from shared import FeatureStore, FeaturizerConfig, schema
+from soundception.featurize import store as store_io
+from soundception.featurize.audio import decode, self_concatenate
+from soundception.featurize.image import multiscale_image
+from soundception.featurize.pipeline import featurize_store
+from soundception.shared import FeatureStore, FeaturizerConfig, schema
 
 SMALL = FeaturizerConfig(min_duration=4.0)  # keeps images short; geometry as in the paper
 
@@ -102,8 +102,8 @@ def test_interrupted_run_resumes_without_touching_done_files(small_corpus, tmp_p
 
 
 def test_plan_lists_new_pending_and_retried_files_and_records_problems_once():
-    from featurize.labels import Recording
-    from featurize.pipeline import Job, plan_jobs
+    from soundception.featurize.labels import Recording
+    from soundception.featurize.pipeline import Job, plan_jobs
 
     recordings = [Recording("new.wav", "/a/new.wav"), Recording("done.wav", "/a/done.wav"),
                   Recording("cut.wav", "/a/cut.wav"), Recording("bad.wav", "/a/bad.wav"),
@@ -114,9 +114,10 @@ def test_plan_lists_new_pending_and_retried_files_and_records_problems_once():
     plan = plan_jobs(recordings, rows, status)
     assert plan.jobs == (Job(0, "new.wav", "/a/new.wav"), Job(2, "cut.wav", "/a/cut.wav"))
     assert plan.failures == ((4, "gone.wav", "not found"),)  # a done file keeps its image despite a problem
-    assert plan.skipped == 2
+    assert (plan.skipped, plan.failed_before) == (1, 1)
     retried = plan_jobs(recordings, rows, status, retry_failed=True)
-    assert [job.file_id for job in retried.jobs] == ["new.wav", "cut.wav", "bad.wav"] and retried.skipped == 1
+    assert [job.file_id for job in retried.jobs] == ["new.wav", "cut.wav", "bad.wav"]
+    assert (retried.skipped, retried.failed_before) == (1, 0)
 
 
 def test_rerun_with_another_config_refuses_and_changes_nothing(small_corpus, tmp_path):
@@ -351,7 +352,7 @@ def test_conflicting_xml_labels_fail_the_file_and_tsv_metadata_reads(tmp_path):
 def test_files_wider_than_the_header_said_grow_the_store_and_are_redone(small_corpus, tmp_path, monkeypatch):
     # Headers can under-state a length (or be unreadable, for codecs only audioread opens); no
     # such file can be made here, so the driver's estimate is made to say 0 px for every file.
-    from featurize import plan
+    from soundception.featurize import plan
 
     monkeypatch.setattr(plan, "estimate_width", lambda path, config, storage_options=None: 0)
     url = str(tmp_path / "s.zarr")

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import zarr
 
-from featurize import store as store_io
-from featurize.lock import StoreLock, StoreLocked
-from featurize.pipeline import featurize_store
-from shared import FeatureStore, FeaturizerConfig
+from soundception.featurize import store as store_io
+from soundception.featurize.lock import StoreLock, StoreLocked
+from soundception.featurize.pipeline import featurize_store
+from soundception.shared import FeatureStore, FeaturizerConfig
 
 from test_cluster import same_store, wait_for_port
 
@@ -39,7 +39,7 @@ def hold_lock(url: str) -> subprocess.Popen:
     """Another process holding the store's lock, as a featurize run does, until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from featurize.lock import StoreLock
+        from soundception.featurize.lock import StoreLock
         with StoreLock({url!r}):
             print("held", flush=True)
             time.sleep(300)
@@ -75,7 +75,7 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_is_taken_
 WRITER = textwrap.dedent("""
     import sys
     import zarr
-    from featurize import store as store_io
+    from soundception.featurize import store as store_io
     url, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     group = zarr.open_group(url, mode="r+", use_consolidated=False)
     for row in range(first, first + 2 * count, 2):  # this writer's rows interleave with the other's
@@ -113,7 +113,7 @@ def test_a_rerun_redoes_files_marked_done_without_their_width(small_corpus, tmp_
 def test_a_store_that_is_a_file_or_read_only_is_one_line(small_corpus, tmp_path):
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from soundception.cli import main
 
     a_file = tmp_path / "store.zarr"
     a_file.write_text("not a store")
@@ -163,7 +163,7 @@ def chunk_key(store: Path, row: int, k: int) -> Path:
 def test_verify_names_every_bad_file_and_redo_corrupt_rewrites_exactly_those(small_corpus, tmp_path, clean_store):
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from soundception.cli import main
 
     url = tmp_path / "s.zarr"
     featurize_store(small_corpus, str(url), config=SMALL, labels="folders", time_chunk=256)
@@ -215,7 +215,7 @@ def test_a_sharded_store_holds_the_same_images_and_verify_repairs_it(small_corpu
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0x01
     shard.write_bytes(bytes(data))
-    from featurize.verify import verify_store
+    from soundception.featurize.verify import verify_store
 
     empty = url / "image" / "c" / "2" / "0" / "0" / "0"
     empty.write_bytes(b"")  # an empty shard reads as black instead of failing its checksum
@@ -229,8 +229,8 @@ def test_a_sharded_store_holds_the_same_images_and_verify_repairs_it(small_corpu
 
 
 def test_a_worker_killed_mid_run_loses_nothing(tmp_path):
-    from featurize.cluster import close_client, local_client
-    from featurize.synthetic import make_dataset
+    from soundception.featurize.cluster import close_client, local_client
+    from soundception.featurize.synthetic import make_dataset
 
     make_dataset(tmp_path / "data", n_species=2, files_per_species=4, min_seconds=10, max_seconds=30, seed=5)
     audio = tmp_path / "data" / "audio"
@@ -257,7 +257,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path):
 def test_damage_to_the_stores_own_tables_is_named_and_never_costs_done_work(small_corpus, tmp_path):
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from soundception.cli import main
 
     stores = []
     for name in ("lost-status", "lost-ids", "flipped-status"):
@@ -317,7 +317,7 @@ def test_two_runs_taking_over_one_stale_object_store_lock_never_both_win(s3_endp
         filesystem.pipe(f"race/s{trial}.zarr.lock", json.dumps(stale).encode())
         outcomes: list[object] = []
 
-        def take() -> None:
+        def take(url: str = url, outcomes: list = outcomes) -> None:
             try:
                 outcomes.append(StoreLock(url, s3_endpoint, heartbeat_seconds=0.3).acquire())
             except StoreLocked as error:
@@ -334,7 +334,7 @@ def test_two_runs_taking_over_one_stale_object_store_lock_never_both_win(s3_endp
 
 
 def test_a_run_whose_object_store_lock_cannot_be_refreshed_stops(tmp_path):
-    from test_object_storage import free_port
+    from conftest import free_port
 
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -359,7 +359,7 @@ def test_a_run_whose_object_store_lock_cannot_be_refreshed_stops(tmp_path):
 def test_credentials_in_a_url_are_refused_without_being_shown(small_corpus, tmp_path):
     from click.testing import CliRunner
 
-    from shared.cli import main
+    from soundception.cli import main
 
     for args in (["featurize", str(small_corpus), "--store", "s3://AKIAX:Secret999@bucket/s.zarr"],
                  ["featurize", "s3://AKIAX:Secret999@bucket/audio", "--store", str(tmp_path / "s.zarr")],
@@ -371,4 +371,39 @@ def test_credentials_in_a_url_are_refused_without_being_shown(small_corpus, tmp_
     assert not (tmp_path / "s.zarr").exists()
 
 
-from test_object_storage import s3_endpoint  # noqa: E402,F401  (the moto server fixture)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_finishes(small_corpus, clean_store, tmp_path):
+    """The store sits on a real 1.2 MB tmpfs (mounted in a user and mount namespace of its own, so
+    no root is needed): the disk fills part-way, the run stops with one line and no file is marked
+    failed; the same command after the disk is grown finishes, with the images of a clean run."""
+    import shutil
+
+    disk, saved = tmp_path / "disk", tmp_path / "saved"
+    disk.mkdir()
+    saved.mkdir()
+    featurize = (f"{sys.executable} -m soundception featurize {small_corpus} --store {disk}/s.zarr --labels folders "
+                 f"--serial --time-chunk 256 --min-duration 4")
+    script = textwrap.dedent(f"""
+        mount -t tmpfs -o size=1200k none {disk} || exit 99
+        {featurize} > {saved}/first.out 2>&1; echo $? > {saved}/first.rc
+        cp -r {disk}/s.zarr {saved}/first.zarr
+        mount -o remount,size=64m {disk}
+        {featurize} > {saved}/second.out 2>&1; echo $? > {saved}/second.rc
+        cp -r {disk}/s.zarr {saved}/second.zarr
+    """)
+    unshare = shutil.which("unshare")
+    assert unshare, "this test needs util-linux's unshare (apt install util-linux)"
+    result = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert result.returncode == 0, f"could not mount a tmpfs in a namespace: {result.stderr}"
+    first = (saved / "first.out").read_text()
+    assert (saved / "first.rc").read_text().strip() == "1", first
+    lines = first.strip().splitlines()
+    assert lines[-1].startswith("Error: No space left on device writing ") and "Traceback" not in first, first
+    assert lines[-1].endswith("free some space, then rerun the same command to go on; finished work is kept")
+    status = FeatureStore(str(saved / "first.zarr")).table["status"].tolist()
+    assert "failed" not in status and "pending" in status, status
+    assert (saved / "second.rc").read_text().strip() == "0", (saved / "second.out").read_text()
+    assert f"{status.count('done')} already done" in (saved / "second.out").read_text()
+    same_store(str(saved / "second.zarr"), clean_store)

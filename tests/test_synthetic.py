@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from featurize.synthetic import SPECIES_KINDS, make_dataset, render_call, render_recording, species_table
+from soundception.featurize.synthetic import SPECIES_KINDS, make_dataset, render_call, render_recording, species_table
 
 SR = 22050
 SMALL = dict(n_species=4, files_per_species=3, min_seconds=2.0, max_seconds=12.0, sample_rate=SR)

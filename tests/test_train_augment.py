@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from torchvision.transforms.v2 import functional as TF
 
-from train.augment import (AUGMENT_PRESETS, AugmentConfig, add_noise_or_local, adjust_brightness, adjust_contrast,
+from soundception.train.augment import (AUGMENT_PRESETS, AugmentConfig, add_noise_or_local, adjust_brightness, adjust_contrast,
                            adjust_hue, adjust_saturation, augment_batch, crop_and_resize, read_width)
 
 PAPER = AUGMENT_PRESETS["paper"]
@@ -35,9 +35,9 @@ def _torchvision_per_sample(function, images, factors):
 # presets and the --augment syntax
 
 def test_presets_paper_values_and_cli_names():
-    from train.cli import AUGMENT_PRESET_NAMES
+    from soundception.train.cli import AUGMENT_PRESET_NAMES
 
-    assert AUGMENT_PRESET_NAMES == tuple(AUGMENT_PRESETS)
+    assert tuple(AUGMENT_PRESETS) == AUGMENT_PRESET_NAMES
     assert AugmentConfig() == AUGMENT_PRESETS["default"] and AugmentConfig.off() == AUGMENT_PRESETS["none"]
     assert (PAPER.dilation, PAPER.top, PAPER.bottom) == ((0.95, 1.05), (0.96, 1.0), (0.0, 0.01))
     assert (PAPER.brightness, PAPER.contrast, PAPER.saturation, PAPER.hue) == (32 / 255, (0.5, 1.5), (0.5, 1.5), 0.2)
@@ -77,7 +77,7 @@ def test_from_dict_rejects_unknown_keys():
 
 
 def test_cli_reports_a_bad_augment_spec_as_a_usage_error(tmp_path):
-    from train.cli import train_command
+    from soundception.train.cli import train_command
 
     arguments = ["--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "run"),
                  "--augment", "paper,hue_turns=1"]

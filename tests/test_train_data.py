@@ -9,11 +9,11 @@ import pytest
 import soundfile
 import torch
 
-from featurize.pipeline import featurize_store
-from shared import schema
-from shared.config import FeaturizerConfig
-from shared.reader import FeatureStore
-from train.dataset import (WindowDataset, WindowSampler, make_loader, sample_windows, split_files,
+from soundception.featurize.pipeline import featurize_store
+from soundception.shared import schema
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.reader import FeatureStore
+from soundception.train.dataset import (WindowDataset, WindowSampler, make_loader, sample_windows, split_files,
                            trainable_indices)
 
 SR = 22050

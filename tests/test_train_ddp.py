@@ -9,17 +9,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-from featurize.pipeline import featurize_store
-from featurize.synthetic import make_dataset
-from shared import FeaturizerConfig
-from train.checkpoint import load_checkpoint
-from train.config import RunConfig, StageConfig
-from train.loop import derived_seed, train
-from train.model import build_model
+from soundception.featurize.pipeline import featurize_store
+from soundception.featurize.synthetic import make_dataset
+from soundception.shared import FeaturizerConfig
+from soundception.train.checkpoint import load_checkpoint
+from soundception.train.config import RunConfig, StageConfig
+from soundception.train.loop import derived_seed, train
+from soundception.train.model import build_model
 
 
 def test_ddp_over_two_ranks_equals_one_process_accumulating_two(tmp_path):
@@ -40,8 +39,8 @@ def test_ddp_over_two_ranks_equals_one_process_accumulating_two(tmp_path):
     finally:
         torch.set_num_threads(threads)
 
-    torchrun = Path(sys.executable).parent / "torchrun"
-    command = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "shared.cli", "train",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "soundception", "train",
                "--store", store, "--out", str(tmp_path / "ddp"), "--backbone", "mobilenetv3_small_100",
                "--optimizer", "sgd",
                "--crop-seconds", "2", "--seed", "3", "--validation-fraction", "0.25", "--accumulation", "1",

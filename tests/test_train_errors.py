@@ -20,16 +20,16 @@ import zarr
 from click.testing import CliRunner
 
 from conftest import write
-from featurize.pipeline import featurize_store
-from featurize.synthetic import make_dataset
-from shared.config import FeaturizerConfig
-from shared.reader import CorruptChunk, FeatureStore
-from train.augment import AugmentConfig, read_width
-from train.checkpoint import load_checkpoint
-from train.cli import evaluate_command, train_command
-from train.config import RunConfig, StageConfig, crop_width_px
-from train.dataset import WindowSampler, split_files
-from train.loop import train
+from soundception.featurize.pipeline import featurize_store
+from soundception.featurize.synthetic import make_dataset
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.reader import CorruptChunk, FeatureStore
+from soundception.train.augment import AugmentConfig, read_width
+from soundception.train.checkpoint import load_checkpoint
+from soundception.train.cli import evaluate_command, train_command
+from soundception.train.config import RunConfig, StageConfig, crop_width_px
+from soundception.train.dataset import WindowSampler, split_files
+from soundception.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = "test_efficientnet"
@@ -171,7 +171,7 @@ def test_a_corrupt_chunk_is_named_by_file_and_columns(store_url, tmp_path):
     assert reader.window(row, 0, TIME_CHUNK).shape == (3, 64, TIME_CHUNK)  # the first chunk still reads
     other = (row + 1) % reader.n_files
     assert reader.image(other).shape[-1] == reader.table["n_frames"][other]
-    from featurize.cli import inspect_command  # the advice holds: --verify names the file
+    from soundception.featurize.cli import inspect_command  # the advice holds: --verify names the file
 
     verified = CliRunner().invoke(inspect_command, [str(store), "--verify"])
     assert verified.exit_code == 1 and str(reader.ids[row]) in verified.output
@@ -214,7 +214,7 @@ def test_train_stops_at_a_corrupt_chunk_naming_it(store_url, tmp_path, workers):
 
 def test_ctrl_c_during_train_says_where_it_stopped_and_what_to_rerun(store_url, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "shared.cli", "train", "--store", store_url, "--out", str(out), *TINY,
+    command = [sys.executable, "-m", "soundception", "train", "--store", store_url, "--out", str(out), *TINY,
                "--stage2-steps", "10000", "--checkpoint-every", "2", "--log-every", "1", "--workers", "0"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -239,12 +239,12 @@ def test_ctrl_c_during_train_says_where_it_stopped_and_what_to_rerun(store_url, 
 
 
 def test_ctrl_c_during_evaluate_says_nothing_was_written(checkpoint, store_url, tmp_path, monkeypatch):
-    import train.evaluate
+    import soundception.train.evaluate as evaluate_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.evaluate, "evaluate_model", interrupted)
+    monkeypatch.setattr(evaluate_module, "evaluate_model", interrupted)
     result = CliRunner().invoke(evaluate_command, ["--checkpoint", str(checkpoint), "--store", store_url,
                                                    "--out", str(tmp_path / "report.json")])
     assert result.exit_code == 130

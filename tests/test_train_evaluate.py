@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.inference import recording_probabilities
+from soundception.train.inference import recording_probabilities
 
 CROP = 10  # px per window
 SCALE = 8.0  # logit per unit of pixel brightness
@@ -98,8 +98,8 @@ def test_prediction_is_the_mean_softmax_over_every_covering_window(batch_size):
 
 
 def test_inference_input_preparation_is_training_normalisation():
-    from train.augment import to_float
-    from train.model import Soundception
+    from soundception.train.augment import to_float
+    from soundception.train.model import Soundception
 
     model = Soundception("test_efficientnet", 3, hidden=8)
     model.mean.copy_(torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1))

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from train.loss import soundception_loss
-from train.model import SoundceptionOutput
+from soundception.train.loss import soundception_loss
+from soundception.train.model import SoundceptionOutput
 
 # one recording of species 0 with background species 2, three classes
 MAIN, AUX = [2.0, 0.0, -1.0], [0.0, 1.0, 0.0]

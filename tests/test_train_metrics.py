@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
 
-from train import metrics
+from soundception.train import metrics
 
 
 def test_average_precision_hand_computed():

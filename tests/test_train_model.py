@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.attention import ATTENTION, create_attention
-from train.cli import ATTENTION_NAMES
-from train.model import Soundception
+from soundception.train.attention import ATTENTION, create_attention
+from soundception.train.cli import ATTENTION_NAMES
+from soundception.train.model import Soundception
 
 BACKBONE = "test_efficientnet"  # timm's tiny test model: strides 2..32, 82 k parameters
 
@@ -115,7 +115,7 @@ def test_backbone_without_stride_32_is_refused():
     (1, 1, False, False), (1, 1, False, True), (1, 1, True, True), (2, 1, False, True), (2, 0, True, False)])
 def test_average_pool_as_a_convolution_equals_avgpool2d(stride, padding, include_pad, channels_last):
     """Values and input gradients of ``ConvAveragePool`` equal ``nn.AvgPool2d``'s (CPU, float64)."""
-    from train.model import ConvAveragePool
+    from soundception.train.model import ConvAveragePool
 
     torch.manual_seed(1)
     pool = torch.nn.AvgPool2d(3, stride=stride, padding=padding, count_include_pad=include_pad)
@@ -138,7 +138,7 @@ def test_average_pool_as_a_convolution_equals_avgpool2d(stride, padding, include
 def test_inception_v4_pools_become_convolutions_and_keep_the_checkpoint_keys():
     import timm
 
-    from train.model import ConvAveragePool, replace_average_pools
+    from soundception.train.model import ConvAveragePool, replace_average_pools
 
     plain = timm.create_model("inception_v4", features_only=True, pretrained=False, out_indices=(2, 4))
     keys = set(plain.state_dict())
@@ -149,7 +149,7 @@ def test_inception_v4_pools_become_convolutions_and_keep_the_checkpoint_keys():
 
 
 def test_average_pool_divisor_cache_stays_small_over_many_widths():
-    from train.model import ConvAveragePool
+    from soundception.train.model import ConvAveragePool
 
     pool = ConvAveragePool(torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False))
     for width in range(5, 60):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from train.model import Soundception
-from train.optim import create_optimizer
+from soundception.train.model import Soundception
+from soundception.train.optim import create_optimizer
 
 BACKBONE = "test_efficientnet"
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)

@@ -12,20 +12,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from featurize.pipeline import featurize_store
-from featurize.synthetic import make_dataset
-from shared.config import FeaturizerConfig
-from shared.reader import FeatureStore
-from train.augment import AugmentConfig
-from train.checkpoint import load_checkpoint
-from train.cli import evaluate_command, train_command
-from train.config import RunConfig, StageConfig, UserError, crop_width_px
-from train.curves import read_metrics
-from train.dataset import WindowDataset, WindowSampler, trainable_indices
-from train.evaluate import evaluate
-from train.windows import window_starts
-from train.loop import derived_seed, train
-from train.model import build_model
+from soundception.featurize.pipeline import featurize_store
+from soundception.featurize.synthetic import make_dataset
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.reader import FeatureStore
+from soundception.train.augment import AugmentConfig
+from soundception.train.checkpoint import load_checkpoint
+from soundception.train.cli import evaluate_command, train_command
+from soundception.train.config import RunConfig, StageConfig, UserError, crop_width_px
+from soundception.train.curves import read_metrics
+from soundception.train.dataset import WindowDataset, WindowSampler, trainable_indices
+from soundception.train.evaluate import evaluate
+from soundception.train.windows import window_starts
+from soundception.train.loop import derived_seed, train
+from soundception.train.model import build_model
 
 BACKBONE = "test_efficientnet"
 CONFIG = FeaturizerConfig(image_height=64, image_seconds=0.75, min_duration=4.0)
@@ -161,8 +161,8 @@ def test_store_background_species_match_the_labels_csv(store_url):
     import csv
 
     store = FeatureStore(store_url)
-    rows = {row["path"]: row["background"] for row in csv.DictReader(open(Path(store.attrs["audio_root"]).parent
-                                                                           / "labels.csv"))}
+    with open(Path(store.attrs["audio_root"]).parent / "labels.csv") as handle:
+        rows = {row["path"]: row["background"] for row in csv.DictReader(handle)}
     expected = [[store.classes.index(b) for b in rows[file_id].split(";") if b] for file_id in store.ids]
     assert any(expected)  # the synthetic corpus has background species
     assert store.background == expected
@@ -275,7 +275,7 @@ def test_first_logged_loss_is_the_loss_of_normalised_windows_and_their_targets(s
 
 def invoke_train(monkeypatch, arguments: list[str], outcome=None) -> tuple[Any, list[RunConfig]]:
     """Run ``soundception train`` with :func:`train.loop.train` replaced; returns the result and the configs."""
-    import train.loop
+    import soundception.train.loop as loop_module
 
     seen: list[RunConfig] = []
 
@@ -285,7 +285,7 @@ def invoke_train(monkeypatch, arguments: list[str], outcome=None) -> tuple[Any, 
             raise outcome
         return {"step": 0, "checkpoint": ""}
 
-    monkeypatch.setattr(train.loop, "train", fake_train)
+    monkeypatch.setattr(loop_module, "train", fake_train)
     return CliRunner().invoke(train_command, ["--store", "s.zarr", "--out", "runs/x", *arguments]), seen
 
 
@@ -303,7 +303,7 @@ def test_cli_sets_dropout_attention_width_clipping_schedule_floor_and_evaluation
                                         grad_clip=1.5, min_lr_ratio=0.05, eval_max_files=7)]
 
 
-def test_cli_one_line_for_mistakes_and_memory_a_traceback_for_bugs(monkeypatch):
+def test_cli_one_line_for_mistakes_and_memory_and_bugs_say_how_to_see_the_traceback(monkeypatch):
     bad = invoke_train(monkeypatch, ["--dropout", "1.5"])[0]
     assert bad.exit_code != 0 and isinstance(bad.exception, SystemExit)
     assert "dropout must be in [0, 1)" in bad.output and "Traceback" not in bad.output
@@ -312,4 +312,6 @@ def test_cli_one_line_for_mistakes_and_memory_a_traceback_for_bugs(monkeypatch):
     assert "out of GPU memory" in out_of_memory.output and "--accumulation" in out_of_memory.output
     for bug in (RuntimeError("shape mismatch"), KeyError("run_config"), ValueError("operands could not be broadcast")):
         result = invoke_train(monkeypatch, [], bug)[0]
-        assert result.exception is bug  # not turned into a one-line message: the traceback shows
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.strip().endswith("(unexpected: SOUNDCEPTION_DEBUG=1 shows the traceback; please report it)")
+        assert f"Error: {type(bug).__name__}: " in result.output

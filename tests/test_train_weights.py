@@ -7,8 +7,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from train.model import Soundception
-from train.weights import WeightsMismatch, key_mapping, load_backbone_weights
+from soundception.train.model import Soundception
+from soundception.train.weights import WeightsMismatch, key_mapping, load_backbone_weights
 
 BACKBONE = "test_efficientnet"
 

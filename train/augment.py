@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from shared.text import check_known_keys
+from soundception.shared.text import check_known_keys
 
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma), so saturation and contrast match it
 _GRAY = (0.2989, 0.587, 0.114)
@@ -89,7 +89,7 @@ class AugmentConfig:
             if len(value) != 2 or value[0] > value[1]:
                 raise ValueError(f"augment {name} must be a range low:high with low <= high, got {value}")
             object.__setattr__(self, name, tuple(value))
-        if not (0 <= self.bottom[0] and self.bottom[1] < self.top[0] and self.top[1] <= 1):
+        if not (self.bottom[0] >= 0 and self.bottom[1] < self.top[0] and self.top[1] <= 1):
             raise ValueError(f"augment needs 0 <= bottom < top <= 1, got bottom {self.bottom}, top {self.top}")
         if self.dilation[0] <= 0 or self.contrast[0] < 0 or self.saturation[0] < 0 or self.local_grid[0] < 1:
             raise ValueError("augment dilation must be > 0, contrast and saturation >= 0, local_grid >= 1")
@@ -99,7 +99,7 @@ class AugmentConfig:
             raise ValueError(f"augment hue must be in [0, 0.5] turns, got {self.hue}")
 
     @classmethod
-    def off(cls) -> "AugmentConfig":
+    def off(cls) -> AugmentConfig:
         """No augmentation at all (evaluation); the ``none`` preset."""
         return cls(time_crop=False, use_dilation=False, frequency_crop=False, brightness=0.0,
                    contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0, noise_or_local=False)
@@ -108,12 +108,12 @@ class AugmentConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AugmentConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
         _check_keys(data)
         return cls(**data)
 
     @classmethod
-    def from_spec(cls, text: str) -> "AugmentConfig":
+    def from_spec(cls, text: str) -> AugmentConfig:
         """A preset name, then optional ``key=value`` overrides, comma-separated.
 
         ``"paper"``, ``"none"``, ``"default,hue=0"``, ``"paper,noise_std=0.02,contrast=0.8:1.2"``.

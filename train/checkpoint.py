@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.config import UserError
+from soundception.train.config import UserError
 
 # 2: carries "checksums"; 1: saved before checksums (still loaded, unverified, with a warning)
 CHECKPOINT_VERSION = 2
@@ -132,7 +132,7 @@ def _read_torch_file(path: Path, map_location: str | torch.device) -> Any:
                         f"or another kind of file)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch's text advises weights_only=False: never ours to give
+    except Exception as error:
         raise UserError(f"{path} is not a readable torch checkpoint ({type(error).__name__} while loading it); "
                         f"{DAMAGED_ADVICE}") from None
 
@@ -184,7 +184,7 @@ def saved_step(path: str | Path) -> int | None:
     ``None`` when it cannot be read."""
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
-    except Exception:  # noqa: BLE001 - only a message depends on it
+    except Exception:
         return None
 
 

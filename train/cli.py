@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from shared.reader import StoreError
-from shared.text import parse_json_option
-from train.config import OPTIMIZERS, RunConfig, UserError
-
-# the user's mistakes (a bad option, store, run folder, checkpoint or weights file): reported in one
-# line. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (UserError, StoreError)
-
-OUT_OF_MEMORY_ADVICE = ("out of GPU memory: use a smaller --stage1-batch-size / --stage2-batch-size and raise "
-                        "--accumulation to keep the effective batch (or a shorter --crop-seconds)")
+from soundception.shared.errors import Interrupted, command_errors
+from soundception.shared.text import parse_json_option
+from soundception.train.config import OPTIMIZERS, RunConfig, explain_error
 
 # every default comes from the config's fields (read without building one: that would import torch)
 DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -38,44 +30,9 @@ def _json_option(text: str | None, name: str) -> dict | None:
         raise click.BadParameter(str(error), param_hint=name) from None
 
 
-# what torch puts before an error re-raised from a DataLoader worker, ahead of the worker's traceback
-WORKER_TRACEBACK = "Original Traceback (most recent call last):"
-
-# exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
-INTERRUPTED_EXIT_CODE = 130
-
-
-def user_message(error: BaseException) -> str:
-    """The one line to show for a user error; one re-raised from a loader worker loses torch's traceback."""
-    text = str(error)
-    if WORKER_TRACEBACK in text:  # "Caught X in DataLoader worker ...\n<traceback>\nmodule.X: message"
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split())[:1000] or type(error).__name__
-
-
-def _run(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a library function; the user's mistakes and running out of GPU memory become one line."""
-    import torch
-
-    try:
-        return function(*args, **kwargs)
-    except USER_ERRORS as error:
-        raise click.ClickException(user_message(error)) from None
-    except torch.OutOfMemoryError:
-        raise click.ClickException(OUT_OF_MEMORY_ADVICE) from None
-
-
-def interrupted(message: str) -> click.ClickException:
-    """A one-line ``Error: <message>`` that exits with :data:`INTERRUPTED_EXIT_CODE`."""
-    error = click.ClickException(message)
-    error.exit_code = INTERRUPTED_EXIT_CODE
-    return error
-
-
 def train_interrupted_message(out: str, step: int | None) -> str:
     """What Ctrl-C during ``train`` stopped and what to rerun: resume from the last checkpoint, or start over."""
-    from train.checkpoint import latest_checkpoint, saved_step
+    from soundception.train.checkpoint import latest_checkpoint, saved_step
 
     when = "before the first step" if step is None else f"at step {step}"
     last = latest_checkpoint(out)
@@ -96,7 +53,7 @@ AUGMENT_PRESET_NAMES = ("default", "paper", "none")
 
 def _augment_option(spec: str) -> Any:
     """``--augment``'s text -> an ``AugmentConfig``; a bad preset, key or value is a usage error."""
-    from train.augment import AugmentConfig
+    from soundception.train.augment import AugmentConfig
 
     try:
         return AugmentConfig.from_spec(spec)
@@ -163,6 +120,7 @@ def _augment_option(spec: str) -> Any:
 @click.option("--eval-batch-size", type=int, default=DEFAULT["eval_batch_size"], show_default=True)
 @click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@command_errors(explain=explain_error)
 def train_command(store: str, out: str, resume: bool, backbone: str, pretrained: str | None, main_attention: str,
                   aux_attention: str, crop_seconds: float, stage1_steps: int, stage1_batch_size: int,
                   stage1_lr: float, stage1_warmup: int, stage2_steps: int, stage2_batch_size: int, stage2_lr: float,
@@ -174,11 +132,11 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
                   attention_hidden: int, dropout: float, min_lr_ratio: float, grad_clip: float,
                   eval_max_files: int | None) -> None:
     """Train Soundception on a feature store (stage 1: heads on a frozen backbone; stage 2: all)."""
-    from train.config import StageConfig
-    from train.loop import train
+    from soundception.train.config import StageConfig
+    from soundception.train.loop import train
 
-    config = _run(
-        RunConfig, store=store, out=out, storage_options=_json_option(storage_options, "--storage-options"),
+    config = RunConfig(
+        store=store, out=out, storage_options=_json_option(storage_options, "--storage-options"),
         backbone=backbone, pretrained=pretrained, main_attention=main_attention, aux_attention=aux_attention,
         attention_hidden=attention_hidden, dropout=dropout,
         crop_seconds=crop_seconds, seed=seed, validation_fraction=validation_fraction, balanced=balanced,
@@ -192,9 +150,9 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
         num_workers=workers, device=device, compile=compile_model, log_every=log_every, eval_every=eval_every,
         checkpoint_every=checkpoint_every, eval_batch_size=eval_batch_size, eval_max_files=eval_max_files)
     try:
-        result = _run(train, config, resume=resume, progress=not no_progress)
+        result = train(config, resume=resume, progress=not no_progress)
     except KeyboardInterrupt as stop:
-        raise interrupted(train_interrupted_message(out, getattr(stop, "step", None))) from None
+        raise Interrupted(train_interrupted_message(out, getattr(stop, "step", None))) from None
     click.echo(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
 
 
@@ -208,15 +166,14 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
 @click.option("--batch-size", type=int, default=DEFAULT["eval_batch_size"], show_default=True,
               help="Windows per forward pass.")
 @click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@command_errors(interrupted="interrupted: no report written; rerun the same command (evaluation starts over)",
+                explain=explain_error)
 def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, device: str, batch_size: int,
                      storage_options: str | None) -> None:
     """Evaluate a checkpoint: MAP, MAP with background species, top-1/top-5, class-wise mAP."""
-    from train.evaluate import evaluate
+    from soundception.train.evaluate import evaluate
 
     options = _json_option(storage_options, "--storage-options")
-    try:
-        report = _run(evaluate, checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
+    report = evaluate(checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
                       storage_options=options)
-    except KeyboardInterrupt:
-        raise interrupted("interrupted: no report written; rerun the same command (evaluation starts over)") from None
     click.echo(json.dumps(report, indent=2))

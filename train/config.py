@@ -13,19 +13,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.text import check_known_keys, redact_options
+from soundception.shared.errors import UserError
+from soundception.shared.text import check_known_keys, redact_options
 
 if TYPE_CHECKING:
-    from shared.config import FeaturizerConfig
-    from train.augment import AugmentConfig
+    from soundception.shared.config import FeaturizerConfig
+    from soundception.train.augment import AugmentConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 
 
-class UserError(ValueError):
-    """A mistake in what the user asked for: an option, a store, a run folder, a checkpoint or a
-    weights file that does not fit. The command line reports it in one line; anything else is a bug
-    and keeps its traceback."""
+OUT_OF_MEMORY_ADVICE = ("out of GPU memory: use a smaller --stage1-batch-size / --stage2-batch-size and raise "
+                        "--accumulation to keep the effective batch (or a shorter --crop-seconds)")
+
+# what torch puts before an error re-raised from a DataLoader worker, ahead of the worker's traceback
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def explain_error(error: BaseException) -> str | None:
+    """The trainer's own one-liners for :func:`shared.errors.command_errors`: running out of GPU
+    memory becomes advice, and a user error re-raised from a loader worker loses torch's
+    traceback; None for everything else."""
+    if type(error).__name__ == "OutOfMemoryError" and type(error).__module__.startswith("torch"):
+        return OUT_OF_MEMORY_ADVICE
+    text = str(error)
+    if isinstance(error, UserError) and WORKER_TRACEBACK in text:  # "Caught X in DataLoader worker ...\n<tb>\nX: msg"
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return None
 
 
 def crop_width_px(crop_seconds: float, config: FeaturizerConfig) -> int:
@@ -34,7 +49,7 @@ def crop_width_px(crop_seconds: float, config: FeaturizerConfig) -> int:
 
 
 def _default_augment() -> AugmentConfig:
-    from train.augment import AugmentConfig  # imports torch: kept out of the command line's --help
+    from soundception.train.augment import AugmentConfig  # imports torch: kept out of the command line's --help
 
     return AugmentConfig()
 
@@ -133,7 +148,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        from train.augment import AugmentConfig
+        from soundception.train.augment import AugmentConfig
 
         check_known_keys(data, (f.name for f in dataclasses.fields(cls)), "run config")
         values = dict(data)

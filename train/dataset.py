@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from shared import schema
-from shared.reader import FeatureStore, StoreError
-from train.config import UserError
+from soundception.shared import schema
+from soundception.shared.reader import FeatureStore, StoreError
+from soundception.train.config import UserError
 
 
 def open_store(url: str, storage_options: dict[str, Any] | None = None) -> FeatureStore:
@@ -57,7 +57,7 @@ class Split:
                 "validation_fraction": self.validation_fraction}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Split":
+    def from_dict(cls, data: dict[str, Any]) -> Split:
         return cls(train=tuple(data["train"]), validation=tuple(data["validation"]),
                    train_ids=tuple(data["train_ids"]), validation_ids=tuple(data["validation_ids"]),
                    seed=int(data["seed"]), validation_fraction=float(data["validation_fraction"]))

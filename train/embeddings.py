@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from shared import schema
-from train.config import UserError
+from soundception.shared import schema
+from soundception.train.config import UserError
 
 WINDOW_CHUNK = 512
 

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.reader import FeatureStore, StoreError
-from train import metrics
-from train.checkpoint import load_checkpoint
-from train.config import RunConfig, UserError, crop_width_px
-from train.dataset import Split, open_store, trainable_indices
-from train.inference import file_windows
-from train.model import build_model
-from train.runtime import resolve_device
+from soundception.shared.reader import FeatureStore, StoreError
+from soundception.train import metrics
+from soundception.train.checkpoint import load_checkpoint
+from soundception.train.config import RunConfig, UserError, crop_width_px
+from soundception.train.dataset import Split, open_store, trainable_indices
+from soundception.train.inference import file_windows
+from soundception.train.model import build_model
+from soundception.train.runtime import resolve_device
 
 
 def evaluate_model(model: torch.nn.Module, store: FeatureStore, indices: list[int] | np.ndarray, *,

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared import schema
-from shared.reader import FeatureStore
-from train.config import UserError, crop_width_px
-from train.inference import file_windows, forward_windows
-from train.runtime import resolve_device
-from train.trained import TrainedModel, load_trained_model
+from soundception.shared import schema
+from soundception.shared.reader import FeatureStore
+from soundception.train.config import UserError, crop_width_px
+from soundception.train.inference import file_windows, forward_windows
+from soundception.train.runtime import resolve_device
+from soundception.train.trained import TrainedModel, load_trained_model
 
 MARK_BAND = 0.08  # height of the temporal-attention band on the image, as a fraction of the image
 DPI = 120
@@ -273,7 +273,8 @@ def _choose_start(trained: TrainedModel, store: FeatureStore, index: int, width:
 
 def explain_file(checkpoint: str | Path, store_url: str, file_id: str, out: str | Path, *,
                  start: float | None = None, seconds: float | None = None, device: str = "cpu",
-                 storage_options: dict | None = None, top_k: int = 3) -> dict[str, Any]:
+                 storage_options: dict | None = None, top_k: int = 3,
+                 trained: TrainedModel | None = None) -> dict[str, Any]:
     """Draw the attention of ``checkpoint``'s model on one window of ``file_id`` (see module doc).
 
     Args:
@@ -281,6 +282,7 @@ def explain_file(checkpoint: str | Path, store_url: str, file_id: str, out: str 
             window where the file's top species is likeliest. A window hanging over the image's end
             is moved back inside it; an image narrower than the window is zero-padded.
         seconds: window length, s (``None``: the training crop).
+        trained: ``checkpoint`` already loaded (:func:`train.trained.load_trained_model`), to load it once.
 
     Returns:
         ``file``, ``start_s`` and ``seconds`` (the window drawn), ``top`` (``(class_id, class_name,
@@ -290,7 +292,7 @@ def explain_file(checkpoint: str | Path, store_url: str, file_id: str, out: str 
     Raises:
         UserError: unknown file, file not featurized, start past the image, store of another config.
     """
-    trained = load_trained_model(checkpoint, resolve_device(device))
+    trained = trained or load_trained_model(checkpoint, resolve_device(device))
     store = FeatureStore(store_url, storage_options)
     trained.check_store(store)
     index = _file_index(store, file_id)

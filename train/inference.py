@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared.reader import FeatureStore
-from shared.text import one_line
-from train.augment import to_float
-from train.runtime import autocast
-from train.windows import window_starts
+from soundception.shared.reader import FeatureStore
+from soundception.shared.text import one_line
+from soundception.train.augment import to_float
+from soundception.train.runtime import autocast
+from soundception.train.windows import window_starts
 
 
 @dataclass
@@ -71,7 +71,7 @@ class WindowReader(Dataset):
         position, index, start = self.items[item]
         try:
             return position, start, torch.from_numpy(self.store.window(index, start, self.width)), ""
-        except Exception as error:  # noqa: BLE001 - any read failure is this file's, reported with it
+        except Exception as error:
             shape = (len(self.store.config.fft_windows), self.store.config.image_height, self.width)
             return position, start, torch.zeros(shape, dtype=torch.uint8), one_line(error)
 

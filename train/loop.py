@@ -29,20 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.config import FeaturizerConfig
-from shared.progress import Progress
-from shared.reader import FeatureStore
-from train import runtime as rt
-from train.augment import augment_batch, read_width
-from train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import RunConfig, StageConfig, UserError, crop_width_px
-from train.curves import plot_curves, read_metrics
-from train.dataset import Split, WindowDataset, WindowSampler, make_loader, open_store, split_files
-from train.evaluate import evaluate_model
-from train.loss import soundception_loss
-from train.model import Soundception, build_model, count_parameters
-from train.optim import create_optimizer, create_scheduler
-from train.weights import load_backbone_weights
+from soundception.shared.config import FeaturizerConfig
+from soundception.shared.progress import Progress
+from soundception.shared.reader import FeatureStore
+from soundception.train import runtime as rt
+from soundception.train.augment import augment_batch, read_width
+from soundception.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from soundception.train.config import RunConfig, StageConfig, UserError, crop_width_px
+from soundception.train.curves import plot_curves, read_metrics
+from soundception.train.dataset import Split, WindowDataset, WindowSampler, make_loader, open_store, split_files
+from soundception.train.evaluate import evaluate_model
+from soundception.train.loss import soundception_loss
+from soundception.train.model import Soundception, build_model, count_parameters
+from soundception.train.optim import create_optimizer, create_scheduler
+from soundception.train.weights import load_backbone_weights
 
 # options that may change on --resume without changing the result
 RESUMABLE_CHANGES = {"store", "storage_options", "num_workers", "device", "compile", "log_every", "eval_every",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from train.model import SoundceptionOutput
+from soundception.train.model import SoundceptionOutput
 
 
 def head_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, *, multilabel: bool) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from train.attention import create_attention
-from train.config import RunConfig, UserError
+from soundception.train.attention import create_attention
+from soundception.train.config import RunConfig, UserError
 
 AUX_REDUCTION, MAIN_REDUCTION = 16, 32
 

@@ -12,7 +12,7 @@ import math
 import torch
 from timm.optim import param_groups_weight_decay
 
-from train.config import OPTIMIZERS
+from soundception.train.config import OPTIMIZERS
 
 
 def create_optimizer(model: torch.nn.Module, name: str, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -34,16 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from shared import schema
-from shared.progress import Progress
-from shared.reader import FeatureStore
-from train import tables
-from train.config import UserError
-from train.embeddings import open_embeddings, write_file_embeddings, written
-from train.inference import FileWindows, file_windows
-from train.runtime import bound_heap, resolve_device
-from train.segments import segment_scores
-from train.trained import TrainedModel, load_trained_model
+from soundception.shared import schema
+from soundception.shared.progress import Progress
+from soundception.shared.reader import FeatureStore
+from soundception.train import tables
+from soundception.train.config import UserError
+from soundception.train.embeddings import open_embeddings, write_file_embeddings, written
+from soundception.train.inference import FileWindows, file_windows
+from soundception.train.runtime import bound_heap, resolve_device
+from soundception.train.segments import segment_scores
+from soundception.train.trained import TrainedModel, load_trained_model
 
 JOURNAL_VERSION = 1
 

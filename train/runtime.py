@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from train.config import UserError
+from soundception.train.config import UserError
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,8 @@ from typing import Any
 import click
 import numpy as np
 
-from shared.text import one_line
-from train.config import UserError
-from train.metrics import average_precision
+from soundception.shared.errors import UserError, command_errors
+from soundception.train.metrics import average_precision
 
 MAX_SPECIES_PER_QUERY = 100  # the challenge's rule
 RUN_KINDS = ("recording", "segment")
@@ -373,12 +372,10 @@ def format_report(result: dict[str, Any]) -> str:
 @click.argument("truth_csv", type=click.Path(exists=True, dir_okay=False))
 @click.option("--background", is_flag=True, help="Count background species as relevant too.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@command_errors()
 def score_command(run_file: str, truth_csv: str, background: bool, as_json: bool) -> None:
     """BirdCLEF 2017 MAP of RUN_FILE (a challenge run file) against TRUTH_CSV."""
-    try:
-        result = score(read_run_file(run_file), read_truth(truth_csv), background=background)
-    except ScoreFileError as error:
-        raise click.ClickException(one_line(error, limit=1000)) from None
+    result = score(read_run_file(run_file), read_truth(truth_csv), background=background)
     if as_json:
         click.echo(json.dumps({**result, "map": None if math.isnan(result["map"]) else result["map"]}))
     else:

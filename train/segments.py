@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.inference import FileWindows
-from train.windows import original_seconds, segment_bounds, segment_of, step_seconds
+from soundception.train.inference import FileWindows
+from soundception.train.windows import original_seconds, segment_bounds, segment_of, step_seconds
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class Detection:
     high_hz: float = 0.0
     path: str = ""
 
-    def rounded(self) -> "Detection":
+    def rounded(self) -> Detection:
         """The row as the tables store it (times to 1 ms, score to 1e-6, frequencies to 0.1 Hz)."""
         return Detection(self.file, round(self.start_s, 3), round(self.end_s, 3), self.class_id, self.class_name,
                          round(self.score, 6), int(self.rank), round(self.low_hz, 1), round(self.high_hz, 1),

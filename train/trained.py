@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from shared.config import FeaturizerConfig, config_differences
-from train.checkpoint import file_digest, load_checkpoint
-from train.config import RunConfig, UserError, crop_width_px
-from train.model import Soundception, build_model
+from soundception.shared.config import FeaturizerConfig, config_differences
+from soundception.train.checkpoint import file_digest, load_checkpoint
+from soundception.train.config import RunConfig, UserError, crop_width_px
+from soundception.train.model import Soundception, build_model
 
 
 @dataclass

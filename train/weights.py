@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from train.checkpoint import UNREADABLE
-from train.config import UserError
+from soundception.train.checkpoint import UNREADABLE
+from soundception.train.config import UserError
 
 
 class WeightsMismatch(UserError):

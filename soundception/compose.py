@@ -10,15 +10,19 @@ with only the train extra can still predict from a store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from shared.text import parse_json_option
+from soundception.shared.errors import Interrupted, command_errors
+from soundception.shared.text import parse_json_option
+from soundception.train.config import explain_error
 
 SERIAL_SECONDS = 300.0  # less audio than this is featurized in-process: a local cluster's start costs more
 
@@ -40,9 +44,9 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
     """
     import posixpath
 
-    from featurize.audio import AUDIO_EXTENSIONS, is_url
-    from shared.text import redact
-    from featurize.labels import discover_audio
+    from soundception.featurize.audio import AUDIO_EXTENSIONS, is_url
+    from soundception.shared.text import redact
+    from soundception.featurize.labels import discover_audio
 
     remote = {is_url(text) for text in inputs}
     if len(remote) > 1:
@@ -74,7 +78,7 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
 
 def _kind(text: str, storage_options: dict | None) -> tuple[str, str]:
     """``("dir" | "file" | "missing", location)`` for a local path or a URL."""
-    from featurize.audio import is_url
+    from soundception.featurize.audio import is_url
 
     if not is_url(text):
         path = Path(text).resolve()
@@ -90,63 +94,43 @@ def _kind(text: str, storage_options: dict | None) -> tuple[str, str]:
     return kind, url
 
 
-def identity(location: str, storage_options: dict | None = None) -> dict[str, Any]:
-    """What says an audio file changed since it was featurized: its size and modification time
-    (an object's ETag where the store has no time), and where it is."""
-    from featurize.audio import is_url
-
-    if not is_url(location):
-        stat = Path(location).stat()
-        return {"size": stat.st_size, "mtime": stat.st_mtime_ns, "path": location}
-    import fsspec
-
-    filesystem, key = fsspec.core.url_to_fs(location, **(storage_options or {}))
-    info = filesystem.info(key)
-    changed = info.get("LastModified") or info.get("mtime") or info.get("ETag") or info.get("etag") or ""
-    return {"size": int(info.get("size") or 0), "mtime": str(changed), "path": location}
-
-
 def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_config: Any, *, workers: int | None,
                      progress: bool, storage_options: dict | None = None) -> tuple[str, dict[str, dict[str, Any]]]:
     """Featurize ``files`` into ``OUT/stores/<root hash>.zarr`` with the checkpoint's config.
 
-    A file whose size or modification time changed since it was featurized is done again; files
-    that fail to decode are recorded in the store as failed and reported by ``predict``.
-    Returns the store path and ``{file id: {"size", "mtime", "path"}}``.
+    One call to :func:`featurize.pipeline.featurize_store` with the files' fingerprints: under the
+    store's lock, a file whose size or modification time changed since it was featurized is done
+    again (its old image deleted first). Files that fail to decode are recorded in the store as
+    failed and reported by ``predict``. Returns the store path and ``{file id: {"size", "mtime",
+    "path"}}``. Less than :data:`SERIAL_SECONDS` of audio (from the file headers) is featurized in
+    this process; more on a local dask cluster of ``workers`` processes.
     """
-    import zarr
-
-    from featurize import store as store_io
-    from featurize.cluster import local_client
-    from featurize.pipeline import featurize_store
-    from shared import schema
+    from soundception.featurize.audio import fingerprint
+    from soundception.featurize.cluster import local_cluster
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.featurize.plan import estimate_width
 
     store = out / "stores" / (hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12] + ".zarr")
-    sources = {i: identity(p, storage_options) for i, p in files.items()}
-    if store.exists():  # audio edited in place since the scratch store was made: featurize it again
-        group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
-        known = group.attrs.get("sources", {})
-        ids = schema.as_strings(group[schema.FILE][...])
-        stale = {row: {"status": schema.PENDING} for row, i in enumerate(ids) if i in sources and i in known
-                 and known[i] != {k: sources[i][k] for k in ("size", "mtime")}}
-        store_io.write_fields(group, stale)
-    seconds = sum(s["size"] for s in sources.values()) / (44100 * 2)  # rough: 16-bit mono 44.1 kHz
-    client = None if (workers == 0 or (workers is None and seconds < SERIAL_SECONDS)) else local_client(workers)
-    try:
+    fingerprints = {i: fingerprint(p, storage_options) for i, p in files.items()}
+    serial = workers == 0 or (workers is None and _audio_seconds(files.values(), featurizer_config, storage_options,
+                                                                 estimate_width) < SERIAL_SECONDS)
+    with contextlib.nullcontext() if serial else local_cluster(workers) as client:
         summary = featurize_store(root, str(store), config=featurizer_config, labels="none", client=client,
-                                  only=list(files), new_audio_root=False, storage_options=storage_options)
-    finally:
-        if client is not None:
-            cluster = client.cluster
-            client.close()
-            cluster.close()
-    group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
-    known = dict(group.attrs.get("sources", {}))
-    known.update({i: {k: s[k] for k in ("size", "mtime")} for i, s in sources.items()})
-    group.attrs["sources"] = known
+                                  only=list(files), new_audio_root=False, storage_options=storage_options,
+                                  fingerprints=fingerprints)
     if progress:
         click.echo(f"featurized {summary.submitted} file(s) into {store} ({summary.skipped} already there)", err=True)
-    return str(store), sources
+    return str(store), {i: {**f, "path": files[i]} for i, f in fingerprints.items()}
+
+
+def _audio_seconds(paths: Iterable[str], config: Any, storage_options: dict | None, estimate_width: Any) -> float:
+    """Seconds of audio in ``paths``, from their headers, stopping once past :data:`SERIAL_SECONDS`."""
+    total = 0.0
+    for path in paths:
+        total += estimate_width(path, config, storage_options) / config.pixels_per_second
+        if total >= SERIAL_SECONDS:
+            break
+    return total
 
 
 @click.command("predict")
@@ -172,23 +156,23 @@ def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_con
               help="Also write every window's pooled features to this Zarr (dims file, window, feature).")
 @click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@command_errors(explain=explain_error)
 def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None, out: str, formats: str,
                     segments: float | None, hop: float | None, top_k: int, min_score: float, combined: bool,
                     batch_size: int, workers: int, featurize_workers: int | None, device: str,
                     storage_options: str | None, no_progress: bool, embeddings: str | None) -> None:
     """Predict species for AUDIO files/folders (local or URLs such as s3://bucket/audio), or for a
     --store, with a trained checkpoint."""
-    from train.cli import _run
-    from train.predict import PredictOptions, predict_store
-    from train.runtime import resolve_device
-    from train.trained import load_trained_model
+    from soundception.train.predict import PredictOptions, predict_store
+    from soundception.train.runtime import resolve_device
+    from soundception.train.trained import load_trained_model
 
     if bool(inputs) == bool(store):
         raise click.UsageError("give either audio files/folders or --store, not both and not neither")
-    options = _run(PredictOptions, hop_seconds=hop, segment_seconds=segments, top_k=top_k, min_score=min_score,
-                   formats=tuple(f.strip() for f in formats.split(",") if f.strip()), combined=combined,
-                   batch_size=batch_size, workers=workers, device=device)
-    trained = _run(load_trained_model, checkpoint, resolve_device(device))
+    options = PredictOptions(hop_seconds=hop, segment_seconds=segments, top_k=top_k, min_score=min_score,
+                             formats=tuple(f.strip() for f in formats.split(",") if f.strip()), combined=combined,
+                             batch_size=batch_size, workers=workers, device=device)
+    trained = load_trained_model(checkpoint, resolve_device(device))
     sources = None
     fsspec_options = _json(storage_options, "--storage-options")
     try:
@@ -198,13 +182,12 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
                                               workers=featurize_workers, progress=not no_progress,
                                               storage_options=fsspec_options)
             fsspec_options = None  # the scratch store is local
-        summary = _run(predict_store, checkpoint, store, out, options, trained=trained, sources=sources,
-                       storage_options=fsspec_options,
-                       progress=not no_progress, file_ids=list(sources) if sources else None,
-                       embeddings=embeddings)
+        summary = predict_store(checkpoint, store, out, options, trained=trained, sources=sources,
+                                storage_options=fsspec_options, progress=not no_progress,
+                                file_ids=list(sources) if sources else None, embeddings=embeddings)
     except KeyboardInterrupt:
-        raise click.ClickException("interrupted: recordings already predicted are kept in "
-                                   f"{Path(out) / 'journal'}; run the same command again to continue") from None
+        raise Interrupted(f"interrupted: recordings already predicted are kept in {Path(out) / 'journal'}; run the "
+                          "same command again to continue") from None
     failed = f"{summary['failed']} failed (see {Path(out) / 'failures.csv'})" if summary["failed"] else "0 failed"
     click.echo(f"predicted {summary['predicted']} recording(s), {summary['reused']} already done, {failed}; "
                f"tables in {out}")
@@ -220,23 +203,25 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
 @click.option("--seconds", type=float, default=None, help="Window length, s [default: the training window].")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@command_errors(interrupted="interrupted: no picture written", explain=explain_error)
 def explain_command(audio: str | None, checkpoint: str, store: str | None, file_id: str | None, out: str,
                     start: float | None, seconds: float | None, device: str, storage_options: str | None) -> None:
     """Draw what the two attentions look at (paper figures 4 and 5) for AUDIO or --store/--file."""
-    from train.cli import _run
-    from train.explain import explain_file
-    from train.trained import load_trained_model
+    from soundception.train.explain import explain_file
+    from soundception.train.runtime import resolve_device
+    from soundception.train.trained import load_trained_model
 
     if bool(audio) == bool(store and file_id):
         raise click.UsageError("give either AUDIO or both --store and --file")
-    if audio:
-        trained = _run(load_trained_model, checkpoint, "cpu")
-        root, files = audio_inputs([audio])
-        scratch = Path(out).resolve().parent / ".soundception-explain"
-        store, _ = featurize_inputs(root, files, scratch, trained.featurizer_config, workers=0, progress=False)
-        file_id = next(iter(files))
-    summary = _run(explain_file, checkpoint, store, file_id, out, start=start, seconds=seconds, device=device,
-                   storage_options=_json(storage_options, "--storage-options"))
+    trained = load_trained_model(checkpoint, resolve_device(device))
+    with tempfile.TemporaryDirectory(prefix="soundception-explain-") as scratch:
+        if audio:  # featurized in a scratch store that goes when the picture is drawn
+            root, files = audio_inputs([audio])
+            store, _ = featurize_inputs(root, files, Path(scratch), trained.featurizer_config, workers=0,
+                                        progress=False)
+            file_id = next(iter(files))
+        summary = explain_file(checkpoint, store, file_id, out, start=start, seconds=seconds, device=device,
+                               storage_options=_json(storage_options, "--storage-options"), trained=trained)
     top = ", ".join(f"{name} {p:.2f}" for _, name, p in summary["top"])
     click.echo(f"wrote {out}: {summary['file']} from {summary['start_s']:.1f} s, top {top}")
 

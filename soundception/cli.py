@@ -12,14 +12,14 @@ import importlib
 import click
 
 SUBCOMMANDS = {
-    "featurize": ("featurize.cli", "featurize_command"),
-    "inspect": ("featurize.cli", "inspect_command"),
-    "synth": ("featurize.cli", "synth_command"),
-    "train": ("train.cli", "train_command"),
-    "evaluate": ("train.cli", "evaluate_command"),
-    "predict": ("shared.compose", "predict_command"),
-    "explain": ("shared.compose", "explain_command"),
-    "score": ("train.score", "score_command"),
+    "featurize": ("soundception.featurize.cli", "featurize_command"),
+    "inspect": ("soundception.featurize.cli", "inspect_command"),
+    "synth": ("soundception.featurize.cli", "synth_command"),
+    "train": ("soundception.train.cli", "train_command"),
+    "evaluate": ("soundception.train.cli", "evaluate_command"),
+    "predict": ("soundception.compose", "predict_command"),
+    "explain": ("soundception.compose", "explain_command"),
+    "score": ("soundception.train.score", "score_command"),
 }
 
 
@@ -47,5 +47,5 @@ def main() -> None:
     """Soundception: bird recordings -> multiscale spectrogram store -> attention Inception-v4."""
 
 
-if __name__ == "__main__":  # torchrun -m shared.cli train ...
+if __name__ == "__main__":
     main()
