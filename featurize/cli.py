@@ -131,9 +131,11 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
 
 def _take_store(store: str, storage_options: dict | None) -> Any:
     """Check the ``--store`` place and take its lock, or stop with one line."""
-    from soundception.featurize.lock import StoreLock
+    from soundception.featurize.lock import StoreLock, check_atomic_create, is_local
     from soundception.featurize.store import check_location
 
+    if not is_local(store):
+        check_atomic_create(store)  # before anything touches the place
     check_location(store, storage_options)
     return StoreLock(store, storage_options).acquire()
 

@@ -43,6 +43,12 @@ from soundception.shared.errors import UserError
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
 
+# Object stores whose fsspec backend makes ``open(path, "xb")`` an atomic create-if-absent, with the
+# first release that does so for small objects (s3fs sends ``If-None-Match: *`` on every put since
+# 2025.7.0; before, a small "xb" write silently overwrote). Tested against a real S3 server
+# (moto) in tests/test_store_faults.py. Other backends are refused rather than locked unsafely.
+ATOMIC_CREATE = {"s3": ("s3fs", "2025.7.0"), "s3a": ("s3fs", "2025.7.0")}
+
 
 class StoreLocked(UserError, RuntimeError):
     """Another run holds the store; the message names it (host, pid, start time)."""
@@ -168,6 +174,7 @@ class StoreLock:
         return fsspec.core.url_to_fs(lock_url(self.url), **(self.storage_options or {}))
 
     def _acquire_remote(self) -> None:
+        check_atomic_create(self.url)
         filesystem, path = self._filesystem()
         for _ in range(5):
             try:
@@ -253,6 +260,33 @@ class StoreLock:
                     filesystem.rm(path)
             except Exception:  # unreachable now: the lock goes stale on its own (STALE_SECONDS)
                 pass
+
+
+def check_atomic_create(url: str) -> None:
+    """Raise :class:`~soundception.shared.errors.UserError` unless the store at ``url`` sits on an
+    object store whose installed fsspec backend creates an object only if it is absent, atomically
+    (:data:`ATOMIC_CREATE`): without that, two runs could both believe they hold the lock."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if protocol not in ATOMIC_CREATE:
+        raise UserError(f"{url}: featurize cannot lock a store on {protocol}:// (no create-if-absent proven for "
+                        "it); featurize into a local folder or s3://, then copy the store there")
+    package, first = ATOMIC_CREATE[protocol]
+    try:
+        installed = version(package)
+    except PackageNotFoundError:
+        raise UserError(f"{url}: {protocol}:// needs {package} (pip install '{package}>={first}')") from None
+    if _release(installed) < _release(first):
+        raise UserError(f"{url}: {package} {installed} may overwrite the store's lock instead of refusing; "
+                        f"pip install '{package}>={first}'")
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """``"2025.7.0"`` -> ``(2025, 7, 0)``; pre-release and local tags ignored."""
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
 def _read_json(data: bytes) -> dict[str, Any]:

@@ -5,7 +5,8 @@ what went wrong                            what the person sees                 
 =========================================  =====================================================  =====
 a bad option or argument (click's own)     ``Usage: ...`` and one ``Error:`` line                  2
 their mistake (:class:`UserError` and      one line (credentials in URLs removed)                 1
-its kin, a missing or unreadable file)
+its kin, a missing or unreadable file,
+a package to install for their input)
 a fault of the run (:class:`RunFault`,     one line: what to fix, and that rerunning the same     1
 a full disk, a store that became           command resumes (finished work is kept)
 unwritable)
@@ -108,6 +109,12 @@ def command_errors(*, interrupted: str = "interrupted; nothing was kept",
     return decorate
 
 
+def _missing_package(error: BaseException) -> bool:
+    """An optional package the user's input needs is not installed, and the error says what to
+    install (fsspec's "Please install gcsfs to access Google Storage"): the user's to fix."""
+    return isinstance(error, ImportError) and "install" in str(error).lower()
+
+
 def error_line(error: BaseException, explain: Callable[[BaseException], str | None] | None = None) -> str:
     """The one line :func:`command_errors` shows for ``error`` (printing the traceback first for a
     bug when ``SOUNDCEPTION_DEBUG`` is set)."""
@@ -116,7 +123,7 @@ def error_line(error: BaseException, explain: Callable[[BaseException], str | No
         return redact(line)
     if is_run_fault(error):
         return redact(run_fault_message(error))
-    if isinstance(error, USER_ERRORS):
+    if isinstance(error, USER_ERRORS) or _missing_package(error):
         return redact(one_line(error, limit=1000))
     if os.environ.get(DEBUG_VARIABLE):
         traceback.print_exception(error, file=sys.stderr)

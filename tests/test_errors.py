@@ -91,3 +91,11 @@ def test_every_command_follows_the_policy(command, fault, places, monkeypatch):
 def test_a_usage_error_exits_2(command, places):
     result = CliRunner().invoke(main, [command, *commands(places)[command][0], "--no-such-option"])
     assert result.exit_code == 2 and "No such option" in result.output and "--no-such-option" in result.output
+
+
+def test_a_missing_optional_package_is_the_users_to_install_not_a_bug():
+    from soundception.shared.errors import error_line
+
+    assert error_line(ImportError("Please install gcsfs to access Google Storage")) == \
+        "Please install gcsfs to access Google Storage"
+    assert error_line(ImportError("cannot import name 'x' from 'y'")).endswith("please report it)")

@@ -407,3 +407,42 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_finishes(small_corp
     assert (saved / "second.rc").read_text().strip() == "0", (saved / "second.out").read_text()
     assert f"{status.count('done')} already done" in (saved / "second.out").read_text()
     same_store(str(saved / "second.zarr"), clean_store)
+
+
+def test_the_object_store_refuses_a_second_create_of_the_lock_even_when_both_opened_first(s3_endpoint):
+    """The lock's one primitive, against the installed s3fs and a real S3 server (moto): two
+    exclusive creates both opened before either wrote (so no exists-check at open can save it);
+    the second must fail at the put and leave the first's record. Fails if "xb" overwrites."""
+    import s3fs
+
+    filesystem = s3fs.S3FileSystem(**s3_endpoint)
+    filesystem.mkdir("atomic")
+    first = filesystem.open("atomic/s.zarr.lock", "xb")
+    second = filesystem.open("atomic/s.zarr.lock", "xb")
+    first.write(b'{"token": "first"}')
+    first.close()
+    second.write(b'{"token": "second"}')
+    with pytest.raises(FileExistsError):
+        second.close()
+    assert filesystem.cat_file("atomic/s.zarr.lock") == b'{"token": "first"}'
+
+
+def test_object_stores_without_a_proven_atomic_create_are_refused_in_one_line(small_corpus, monkeypatch):
+    from click.testing import CliRunner
+
+    from soundception.cli import main
+    from soundception.featurize import lock
+
+    for url, words in (("memory://bucket/s.zarr", "cannot lock a store on memory://"),
+                       ("gs://bucket/s.zarr", "cannot lock a store on gs://")):
+        result = CliRunner().invoke(main, ["featurize", str(small_corpus), "--store", url, "--serial",
+                                           "--labels", "folders"])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda package: "2025.5.1")
+    with pytest.raises(lock.UserError, match=r"s3fs 2025.5.1 may overwrite the store's lock.*s3fs>=2025.7.0"):
+        lock.check_atomic_create("s3://bucket/s.zarr")
+    monkeypatch.setattr(importlib.metadata, "version", lambda package: "2025.7.0")
+    lock.check_atomic_create("s3://bucket/s.zarr")  # the first release that is safe passes
