@@ -3,6 +3,7 @@ fields are compared with a clean run of the same audio."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -139,13 +140,20 @@ def test_object_store_lock_refuses_a_live_holder_and_takes_over_a_stale_one(s3_e
     filesystem = s3fs.S3FileSystem(**s3_endpoint)
     filesystem.mkdir("locks")
     url = "s3://locks/s.zarr"
-    live = StoreLock(url, s3_endpoint, heartbeat_seconds=0.2).acquire()
+    live = StoreLock(url, s3_endpoint, heartbeat_seconds=0.1).acquire()
+    started = time.monotonic()
     try:
         with pytest.raises(StoreLocked, match=f"pid {os.getpid()}, started 20"):
             featurize_store(small_corpus, url, config=SMALL, labels="folders", storage_options=s3_endpoint)
-        time.sleep(0.6)  # heartbeats keep it fresh
+        # older than the stale time, yet refreshed by its heartbeat (every 0.1 s; only a stall of
+        # nearly 2 s could make it look stale, and slowness only makes the wait longer)
+        first_beat = json.loads(filesystem.cat_file("locks/s.zarr.lock"))["heartbeat"]
+        while time.monotonic() - started < 2.2 or \
+                json.loads(filesystem.cat_file("locks/s.zarr.lock"))["heartbeat"] == first_beat:
+            assert time.monotonic() - started < 120, "the holder's heartbeat never refreshed the lock"
+            time.sleep(0.05)
         with pytest.raises(StoreLocked):
-            StoreLock(url, s3_endpoint, stale_seconds=0.5).acquire()
+            StoreLock(url, s3_endpoint, stale_seconds=2.0).acquire()
     finally:
         live._stop.set()  # the holder vanishes without releasing (its heartbeat stops)
         live._thread.join()
