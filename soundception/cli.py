@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "predict": ("soundception.compose", "predict_command"),
     "explain": ("soundception.compose", "explain_command"),
     "score": ("soundception.train.score", "score_command"),
+    "search": ("soundception.compose", "search_command"),
 }
 
 

@@ -225,3 +225,98 @@ def explain_command(audio: str | None, checkpoint: str, store: str | None, file_
     top = ", ".join(f"{name} {p:.2f}" for _, name, p in summary["top"])
     click.echo(f"wrote {out}: {summary['file']} from {summary['start_s']:.1f} s, top {top}")
 
+
+
+@click.command("search")
+@click.option("--embeddings", required=True, type=click.Path(exists=True, file_okay=False),
+              help="An embeddings Zarr written by predict --embeddings (the corpus).")
+@click.option("--query", "queries", multiple=True,
+              help="A file id of the embeddings, whole or FILE:START-END (s). Repeatable.")
+@click.option("--query-audio", "audio_queries", multiple=True,
+              help="An audio file, whole or PATH:START-END (s), embedded with --checkpoint. Repeatable.")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The checkpoint that wrote the embeddings (needed for --query-audio).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for search.csv and the Raven table.")
+@click.option("--top", type=int, default=100, show_default=True, help="Hits to write (none overlapping another).")
+@click.option("--label", default="query", show_default=True, help="The Raven table's Species column.")
+@click.option("--include-queries", is_flag=True, help="Keep the query spans themselves among the hits.")
+@command_errors(explain=explain_error)
+def search_command(embeddings: str, queries: tuple[str, ...], audio_queries: tuple[str, ...], checkpoint: str | None,
+                   out: str, top: int, label: str, include_queries: bool) -> None:
+    """Rank every window of EMBEDDINGS by similarity to example calls; write the top as CSV and Raven."""
+    import numpy as np
+    import zarr
+
+    from soundception.train import search
+    from soundception.train.config import UserError
+    from soundception.train.tables import write_file
+
+    if not queries and not audio_queries:
+        raise click.UsageError("give at least one --query or --query-audio")
+    if audio_queries and not checkpoint:
+        raise click.UsageError("--query-audio needs --checkpoint (the one that wrote the embeddings)")
+    if top < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--top")
+    try:
+        group = zarr.open_group(embeddings, mode="r", use_consolidated=False)
+        group["embedding"]
+    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise UserError(f"{embeddings} is not an embeddings Zarr (write one with predict --embeddings)") from None
+    spans = [search.Span.parse(q) for q in queries]
+    vectors = [search.query_vectors(group, spans)] if spans else []
+    nyquist = None
+    if audio_queries:
+        vectors.append(_audio_query_vectors(group, audio_queries, checkpoint))
+    if checkpoint:
+        from soundception.train.checkpoint import load_checkpoint
+        import json
+
+        nyquist = json.loads(load_checkpoint(checkpoint)["featurizer_config"])["sample_rate"] / 2
+    if nyquist is None:
+        from soundception.shared.config import FeaturizerConfig
+
+        nyquist = FeaturizerConfig().sample_rate / 2
+    hits = search.search(group, np.concatenate(vectors), top=top, exclude=() if include_queries else spans)
+    folder = Path(out)
+    seconds = search.durations(group)
+    complete = len(seconds) == group["file"].shape[0]
+    write_file(folder / "search.csv", search.hits_csv(hits))
+    write_file(folder / "search.selections.txt",
+               search.hits_raven(hits, label=label, nyquist=nyquist, seconds=seconds if complete else {}))
+    best = f", best {hits[0].file} {hits[0].start_s:g}-{hits[0].end_s:g} s ({hits[0].similarity:.3f})" if hits else ""
+    click.echo(f"{len(hits)} hit(s) in {folder / 'search.csv'} and {folder / 'search.selections.txt'}{best}")
+
+
+def _audio_query_vectors(group: Any, audio_queries: Sequence[str], checkpoint: str) -> Any:
+    """Featurize and embed audio queries in a scratch folder with the corpus's checkpoint and windows."""
+    from soundception.train import search
+    from soundception.train.config import UserError
+    from soundception.train.predict import PredictOptions, predict_store
+    from soundception.train.trained import load_trained_model
+
+    trained = load_trained_model(checkpoint)
+    if group.attrs.get("checkpoint_sha256") != trained.digest:
+        raise UserError(f"{checkpoint} did not write these embeddings (their checkpoint_sha256 differs): "
+                        "embed the queries with the same checkpoint")
+    spans = []
+    for text in audio_queries:
+        span = search.Span.parse(text)
+        if not Path(span.file).is_file():
+            span = search.Span(text) if Path(text).is_file() else span
+        spans.append(span)
+    with tempfile.TemporaryDirectory(prefix="soundception-search-") as scratch:
+        root, files = audio_inputs([s.file for s in spans])
+        store, sources = featurize_inputs(root, files, Path(scratch), trained.featurizer_config, workers=0,
+                                          progress=False)
+        options = PredictOptions(hop_seconds=float(group.attrs["hop_seconds"]), device="cpu")
+        summary = predict_store(checkpoint, store, Path(scratch) / "out", options, trained=trained, sources=sources,
+                                progress=False, file_ids=list(files), embeddings=Path(scratch) / "queries.zarr")
+        if summary["failed"]:
+            raise UserError(f"could not embed {summary['failed']} query file(s): see the featurizer's message "
+                            "(soundception featurize on the file says why)")
+        import zarr
+
+        scratch_group = zarr.open_group(str(Path(scratch) / "queries.zarr"), mode="r", use_consolidated=False)
+        ids = {str(Path(path).resolve()): file_id for file_id, path in files.items()}
+        return search.query_vectors(scratch_group, [search.Span(ids[str(Path(s.file).resolve())], s.start_s, s.end_s)
+                                                    for s in spans])

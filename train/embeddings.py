@@ -7,6 +7,8 @@ One Zarr v3 group that ``xarray.open_zarr`` reads::
     end_s       (file, window)           float64  window end, s (image time: a self-concatenated clip repeats)
     file        (file,)                  str      file ids, in the order predict lists them
     n_windows   (file,)                  int32    windows written for each file (0: not yet, or failed)
+    duration_s  (file,)                  float64  the recording's duration, s (windows past it repeat a short clip)
+    path        (file,)                  str      the recording's audio (for tables that open it)
 
 Attributes: ``checkpoint_sha256``, ``config_hash``, ``window_seconds``, ``hop_seconds``. A file's
 rows are written when it is predicted, chunk-aligned (one file per chunk), so a crash loses only
@@ -51,6 +53,9 @@ def open_embeddings(path: str | Path, file_ids: Sequence[str], *, features: int,
     group.create_array("file", shape=(n,), dtype=str, fill_value="", dimension_names=("file",))[:] = \
         np.array(list(file_ids), dtype=object)
     group.create_array("n_windows", shape=(n,), dtype="int32", fill_value=0, dimension_names=("file",))
+    group.create_array("duration_s", shape=(n,), dtype="float64", fill_value=np.nan,
+                       dimension_names=("file",)).attrs.update({"units": "s"})
+    group.create_array("path", shape=(n,), dtype=str, fill_value="", dimension_names=("file",))
     group.attrs.update(attrs)
     return group
 
@@ -61,15 +66,19 @@ def written(group: zarr.Group) -> dict[str, int]:
 
 
 def write_file_embeddings(group: zarr.Group, row: int, embedding: np.ndarray, starts_s: np.ndarray,
-                          window_s: float) -> None:
-    """Write one file's ``(n_windows, features)`` embedding and window times, growing the window axis."""
+                          window_s: float, *, duration_s: float = float("nan"), path: str = "") -> None:
+    """Write one file's ``(n_windows, features)`` embedding, window times, duration (s) and audio path,
+    growing the window axis (``n_windows`` last: a crash before it leaves the file to redo)."""
     count = embedding.shape[0]
-    array = group["embedding"]
-    if count > array.shape[1]:
+    if count > group["embedding"].shape[1]:
         grown = -(-count // WINDOW_CHUNK) * WINDOW_CHUNK
         for name in ("embedding", "start_s", "end_s"):
             group[name].resize((group[name].shape[0], grown) + group[name].shape[2:])
-    array[row, :count] = embedding.astype(np.float32)
+    group["embedding"][row, :count] = embedding.astype(np.float32)  # opened after the resize: a handle from
+    # before it keeps the old shape, and a write through it is lost
     group["start_s"][row, :count] = starts_s
     group["end_s"][row, :count] = starts_s + window_s
+    if "duration_s" in group:  # groups written before they were added lack them
+        group["duration_s"][row] = duration_s
+        group["path"][row] = path
     group["n_windows"][row] = count

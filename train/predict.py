@@ -359,7 +359,7 @@ def run_predictions(trained: TrainedModel, store: FeatureStore, todo: list[int],
                                     trained=trained, options=options)
                 if group is not None and windows.embedding is not None:  # before the journal: a rerun redoes both
                     write_file_embeddings(group, rows[file_id], windows.embedding, windows.starts / pixels_per_second,
-                                          trained.crop_seconds)
+                                          trained.crop_seconds, duration_s=prediction.duration, path=paths[file_id])
                 write_journal(out, keys[file_id], prediction)
                 ready[file_id] = prediction
                 count += 1
