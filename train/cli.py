@@ -69,6 +69,9 @@ def _augment_option(spec: str) -> Any:
               help="timm model with features_only support and stride-16/32 feature maps.")
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local timm state dict (.pth/.bin/.safetensors) for the backbone; never downloaded.")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Fine-tune: start from a Soundception checkpoint (backbone, attentions, and the head rows of "
+                   "classes it knows by id); its featurizer config and network must match.")
 @click.option("--main-attention", type=click.Choice(ATTENTION_NAMES), default=DEFAULT["main_attention"],
               show_default=True)
 @click.option("--aux-attention", type=click.Choice(ATTENTION_NAMES), default=DEFAULT["aux_attention"],
@@ -130,14 +133,14 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
                   workers: int, device: str, compile_model: bool, log_every: int, eval_every: int,
                   checkpoint_every: int, eval_batch_size: int, storage_options: str | None, no_progress: bool,
                   attention_hidden: int, dropout: float, min_lr_ratio: float, grad_clip: float,
-                  eval_max_files: int | None) -> None:
+                  eval_max_files: int | None, init_from: str | None) -> None:
     """Train Soundception on a feature store (stage 1: heads on a frozen backbone; stage 2: all)."""
     from soundception.train.config import StageConfig
     from soundception.train.loop import train
 
     config = RunConfig(
         store=store, out=out, storage_options=_json_option(storage_options, "--storage-options"),
-        backbone=backbone, pretrained=pretrained, main_attention=main_attention, aux_attention=aux_attention,
+        backbone=backbone, pretrained=pretrained, init_from=init_from, main_attention=main_attention, aux_attention=aux_attention,
         attention_hidden=attention_hidden, dropout=dropout,
         crop_seconds=crop_seconds, seed=seed, validation_fraction=validation_fraction, balanced=balanced,
         stage1=StageConfig(steps=stage1_steps, batch_size=stage1_batch_size, lr=stage1_lr,

@@ -82,6 +82,7 @@ class RunConfig:
     storage_options: dict[str, Any] | None = None
     backbone: str = "inception_v4"
     pretrained: str | None = None
+    init_from: str | None = None
     main_attention: str = "time_frequency"
     aux_attention: str = "temporal"
     attention_hidden: int = 256
@@ -110,6 +111,8 @@ class RunConfig:
     eval_max_files: int | None = None
 
     def __post_init__(self) -> None:
+        if self.pretrained and self.init_from:
+            raise UserError("give --pretrained or --init-from, not both (a checkpoint holds its backbone)")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.crop_seconds <= 0:

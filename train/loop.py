@@ -40,6 +40,7 @@ from soundception.train.curves import plot_curves, read_metrics
 from soundception.train.dataset import Split, WindowDataset, WindowSampler, make_loader, open_store, split_files
 from soundception.train.evaluate import evaluate_model
 from soundception.train.loss import soundception_loss
+from soundception.train.finetune import init_from_checkpoint
 from soundception.train.model import Soundception, build_model, count_parameters
 from soundception.train.optim import create_optimizer, create_scheduler
 from soundception.train.weights import load_backbone_weights
@@ -68,6 +69,7 @@ class Run:
     model: Soundception
     crop_width: int  # px fed to the model
     window_width: int  # px read from the store (room for the augmentation's dilation)
+    origin: str | None = None  # --init-from: the checkpoint it started from (JSON of :class:`finetune.Origin`)
 
     @property
     def run_dir(self) -> Path:
@@ -118,11 +120,18 @@ def set_up(config: RunConfig, *, resume: bool) -> tuple[Run, dict[str, Any] | No
     else:
         split = split_files(store, validation_fraction=config.validation_fraction, seed=config.seed)
     model = initial_model(config, len(store.classes), payload, runtime.device)  # a bad backbone fails here
+    origin = payload.get("init_from") if payload is not None else None
+    if payload is None and config.init_from:
+        started = init_from_checkpoint(model, config.init_from, config=config, store=store)
+        origin = started.to_json()
+        if runtime.is_main:
+            print(f"started from {config.init_from} (step {started.step}): backbone and attentions, head rows of "
+                  f"{len(started.carried)} of {len(store.classes)} classes carried over by class id")
     if runtime.is_main:
         write_run_folder(config, split, store.config, resumed_step=None if payload is None else int(payload["step"]))
     crop_width = crop_width_px(config.crop_seconds, store.config)
     run = Run(config=config, runtime=runtime, store=store, split=split, model=model, crop_width=crop_width,
-              window_width=read_width(crop_width, config.augment))
+              window_width=read_width(crop_width, config.augment), origin=origin)
     return run, payload
 
 
@@ -352,7 +361,7 @@ def save(run: Run, step: int, stage_number: int, optimizer: torch.optim.Optimize
         "step": step, "stage": stage_number, "rng": rng_state(), "split": json.dumps(run.split.to_dict()),
         "classes": json.dumps(store.classes), "class_names": json.dumps(store.class_names),
         "featurizer_config": json.dumps(store.config.to_dict()), "config_hash": store.config_hash,
-        "run_config": json.dumps(run.config.to_dict())})
+        "run_config": json.dumps(run.config.to_dict()), **({"init_from": run.origin} if run.origin else {})})
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -168,7 +168,7 @@ def search(group: zarr.Group, queries: np.ndarray, *, top: int = 100, exclude: S
         block = array[first:last, :width]  # (files, windows, features), NaN past each file's n_windows
         starts = group["start_s"][first:last, :width]
         ends = group["end_s"][first:last, :width]
-        valid = np.isfinite(block).all(axis=2) & (np.arange(width)[None, :] < n_windows[first:last, None])
+        valid = np.arange(width)[None, :] < n_windows[first:last, None]
         valid &= starts < durations[first:last, None]
         for k, spans in excluded.items():
             if first <= k < last:
@@ -180,9 +180,12 @@ def search(group: zarr.Group, queries: np.ndarray, *, top: int = 100, exclude: S
         f, w = np.nonzero(valid)
         if len(f) == 0:
             continue
-        vectors = block[f, w]
-        norms = np.linalg.norm(vectors, axis=1)
-        scores = (vectors @ queries.T).max(axis=1) / np.where(norms > 0, norms, 1.0)
+        flat = block.reshape(-1, block.shape[2])  # one pass for the products, one for the norms
+        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+        every = (flat @ queries.T).max(axis=1) / np.where(norms > 0, norms, 1.0)
+        scores = every.reshape(valid.shape)[f, w]
+        valid_scores = np.isfinite(scores)  # a window left NaN (never written) is no hit
+        f, w, scores = f[valid_scores], w[valid_scores], scores[valid_scores]
         found = {"score": scores.astype(np.float32), "row": f + first, "window": w, "start": starts[f, w],
                  "end": np.minimum(ends[f, w], durations[f + first])}
         best = {name: np.concatenate([best[name], found[name]]) for name in best}
