@@ -67,3 +67,4 @@ bench: $(VENV)/.dev-installed bench/data/real
 	$(PY) bench/scale.py
 	$(PY) bench/layout.py
 	$(PY) bench/long_recording.py --hours 1 10
+	$(PY) bench/search.py

@@ -30,7 +30,8 @@ def new_store(trained_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     info = make_dataset(root / "data", n_species=3, files_per_species=4, min_seconds=3.0, max_seconds=6.0, seed=11)
     labels = root / "data" / "labels.csv"
-    rows = list(csv.reader(open(labels, newline="")))
+    with open(labels, newline="") as handle:
+        rows = list(csv.reader(handle))
     with open(labels, "w", newline="") as handle:
         csv.writer(handle, lineterminator="\n").writerows(
             [rows[0]] + [[r[0], "wren" if r[1] == "sp00" else r[1], r[2]] for r in rows[1:]])
