@@ -180,3 +180,41 @@ def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, d
     report = evaluate(checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
                       storage_options=options)
     click.echo(json.dumps(report, indent=2))
+
+
+@click.command("fit-head")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The base model (a training checkpoint).")
+@click.option("--store", required=True, help="Labelled recordings of your species, featurized with the base's config.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for head.pt (and the embeddings).")
+@click.option("--embeddings", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Embeddings of STORE that predict --embeddings wrote with this checkpoint [default: embed here].")
+@click.option("--validation-fraction", type=float, default=0.2, show_default=True,
+              help="Recordings held out per class (none of a class with fewer than 3).")
+@click.option("--windows-per-recording", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass (embedding).")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader processes (embedding).")
+@click.option("--no-progress", is_flag=True)
+@command_errors(interrupted="interrupted: embeddings written so far are kept; rerun the same command to go on",
+                explain=explain_error)
+def fit_head_command(checkpoint: str, store: str, out: str, embeddings: str | None, validation_fraction: float,
+                     windows_per_recording: int, seed: int, device: str, batch_size: int, workers: int,
+                     no_progress: bool) -> None:
+    """Fit a linear head for STORE's classes on a trained model's embeddings (few-shot; seconds on a CPU)."""
+    from soundception.train.head import HeadOptions, fit_head
+
+    if windows_per_recording < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--windows-per-recording")
+    result = fit_head(checkpoint, store, out, embeddings=embeddings, device=device, batch_size=batch_size,
+                      workers=workers, progress=not no_progress,
+                      options=HeadOptions(validation_fraction=validation_fraction,
+                                          windows_per_recording=windows_per_recording, seed=seed))
+    scores = ", ".join(f"C={c:g}: {v:.3f}" for c, v in result["cv_map"].items()) or "not cross-validated"
+    held = result["validation"]
+    held = (f"held-out MAP {held['map']:.3f} on {held['n_recordings']} recordings" if held
+            else "no recordings held out")
+    click.echo(f"wrote {result['checkpoint']}: {result['recordings']} recordings, {result['windows']} windows, "
+               f"C={result['c']:g} (cross-validated MAP {scores}); {held}; embedding {result['embed_seconds']:.1f} s, "
+               f"fit {result['fit_seconds']:.1f} s")
