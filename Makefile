@@ -68,3 +68,4 @@ bench: $(VENV)/.dev-installed bench/data/real
 	$(PY) bench/layout.py
 	$(PY) bench/long_recording.py --hours 1 10
 	$(PY) bench/search.py
+	$(PY) bench/head.py
