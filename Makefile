@@ -21,6 +21,11 @@ DEMO_TRAIN_ARGS := --backbone mobilenetv3_small_100 --crop-seconds 3 --stage1-st
 	--stage1-warmup 5 --stage2-steps 200 --stage2-batch-size 8 --stage2-lr 2e-3 --stage2-warmup 10 \
 	--validation-fraction 0.2 --workers 2 --eval-every 100 --checkpoint-every 100
 
+# Fine-tuning the demo model to the site's species: the same network, fewer steps.
+DEMO_ADAPT_ARGS := --backbone mobilenetv3_small_100 --crop-seconds 3 --stage1-steps 20 --stage1-lr 2e-3 \
+	--stage1-warmup 5 --stage2-steps 40 --stage2-batch-size 8 --stage2-lr 1e-3 --stage2-warmup 5 \
+	--validation-fraction 0.2 --workers 2 --eval-every 0 --checkpoint-every 60
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -32,7 +37,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 # The demo: synthetic birds -> feature store (local dask cluster) -> summary + PNG -> train -> MAP
 # -> predictions (tables, run files) -> the run file's MAP -> an attention picture from an audio file.
 demo: $(VENV)/.dev-installed
-	rm -rf demo_data stores/demo.zarr runs/demo
+	rm -rf demo_data stores/demo.zarr stores/demo-site.zarr runs/demo runs/demo-site runs/demo-site-head
 	$(SC) synth demo_data --species 5 --files-per-species 12 --min-seconds 4 --max-seconds 90 --seed 0
 	$(SC) featurize demo_data/audio --store stores/demo.zarr --metadata demo_data/labels.csv
 	$(SC) inspect stores/demo.zarr
@@ -43,6 +48,13 @@ demo: $(VENV)/.dev-installed
 		--format csv,raven,audacity,birdclef --segments 5
 	$(SC) score runs/demo/predictions/birdclef/recordings.txt demo_data/truth.csv
 	$(SC) explain --checkpoint runs/demo/checkpoints/last.pt demo_data/audio/sp02/XC000025.wav --out runs/demo/explain.png
+	@echo "--- adapting the demo model to a site's own species (3 new ones, 6 recordings each) ---"
+	$(SC) synth demo_data/site --species 3 --files-per-species 6 --min-seconds 4 --max-seconds 30 --seed 1 --prefix site
+	$(SC) featurize demo_data/site/audio --store stores/demo-site.zarr --metadata demo_data/site/labels.csv \
+		--config runs/demo/featurizer_config.json --serial
+	$(SC) train --store stores/demo-site.zarr --out runs/demo-site --init-from runs/demo/checkpoints/last.pt $(DEMO_ADAPT_ARGS)
+	$(SC) fit-head --checkpoint runs/demo/checkpoints/last.pt --store stores/demo-site.zarr --out runs/demo-site-head
+	$(SC) search --embeddings runs/demo-site-head/embeddings.zarr --query site01/XC000007.wav --out runs/demo-site-head/search --top 10
 
 # Lint and layers: ruff, then import-linter's layers contract (pyproject.toml) on the package as a
 # wheel installs it (soundception.featurize, .train, .shared, with imports inside functions counted).

@@ -249,13 +249,19 @@ def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, verif
 @click.option("--min-seconds", type=float, default=4.0, show_default=True)
 @click.option("--max-seconds", type=float, default=90.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prefix", default="sp", show_default=True,
+              help="Species ids are PREFIX00, PREFIX01, ... (a second, disjoint set: another prefix).")
 @command_errors(interrupted="interrupted: the folder holds part of the dataset; run the same command again")
 def synth_command(out_dir: str, species: int, files_per_species: int, min_seconds: float, max_seconds: float,
-                  seed: int) -> None:
+                  seed: int, prefix: str) -> None:
     """Write a deterministic synthetic bird dataset (audio, labels.csv, XML, calls.csv)."""
+    import re
+
     from soundception.featurize.synthetic import make_dataset
 
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", prefix):
+        raise click.BadParameter("a letter, then letters, digits, '_' or '-'", param_hint="--prefix")
     summary = make_dataset(out_dir, n_species=species, files_per_species=files_per_species,
-                           min_seconds=min_seconds, max_seconds=max_seconds, seed=seed)
+                           min_seconds=min_seconds, max_seconds=max_seconds, seed=seed, prefix=prefix)
     click.echo(f"wrote {summary['n_files']} recordings ({summary['total_seconds'] / 60:.1f} min) "
                f"of {len(summary['species'])} species to {out_dir}")

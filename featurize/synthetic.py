@@ -34,8 +34,8 @@ BAND_MIN_HZ, BAND_MAX_HZ = 1000.0, 10000.0
 _LOCALITIES = ("Serra do Mar", "Rio Negro", "Chapada Diamantina", "Pantanal", "Mata Atlantica")
 
 
-def species_table(n_species: int) -> list[dict]:
-    """Species ``sp00..`` with a call kind and a band [low_hz, high_hz] (Hz, integers).
+def species_table(n_species: int, prefix: str = "sp") -> list[dict]:
+    """Species ``sp00..`` (``prefix`` then two digits) with a call kind and a band [low_hz, high_hz] (Hz, integers).
 
     Bands occupy the central ~76% (in log-frequency) of equal log-width slots of 1-10 kHz,
     so neighbouring bands never overlap. Kinds cycle through SPECIES_KINDS.
@@ -51,7 +51,7 @@ def species_table(n_species: int) -> list[dict]:
         round_ = i // len(SPECIES_KINDS)
         species = epithet if round_ == 0 else _EPITHETS[round_ - 1]
         table.append({
-            "id": f"sp{i:02d}", "name": f"{genus} {species}", "genus": genus, "species": species,
+            "id": f"{prefix}{i:02d}", "name": f"{genus} {species}", "genus": genus, "species": species,
             "family": family, "kind": kind,
             "low_hz": int(math.ceil(edges[i] * guard)), "high_hz": int(edges[i + 1] / guard),
         })
@@ -201,7 +201,7 @@ def _write_xml(path: Path, *, file_id: str, file_name: str, sp: dict, background
 
 def make_dataset(out_dir, *, n_species: int = 5, files_per_species: int = 6, min_seconds: float = 4.0,
                  max_seconds: float = 90.0, sample_rate: int = 22050, seed: int = 0,
-                 formats: tuple[str, ...] = ("wav", "flac")) -> dict:
+                 formats: tuple[str, ...] = ("wav", "flac"), prefix: str = "sp") -> dict:
     """Write a synthetic corpus of n_species * files_per_species recordings into `out_dir`:
 
     audio/<species_id>/<file_id>.<ext>   mono 16-bit PCM at `sample_rate` Hz
@@ -219,7 +219,7 @@ def make_dataset(out_dir, *, n_species: int = 5, files_per_species: int = 6, min
         raise ValueError("need 0.1 <= min_seconds <= max_seconds")
     out = Path(out_dir)
     (out / "xml").mkdir(parents=True, exist_ok=True)
-    table = species_table(n_species)
+    table = species_table(n_species, prefix)
     labels, truth, all_calls, files, total = [], [], [], [], 0.0
     lo_n, hi_n = math.ceil(min_seconds * sample_rate), math.floor(max_seconds * sample_rate)
     for k in range(n_species * files_per_species):
