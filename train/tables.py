@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from soundception.train.timecode import format_tc
 
 FORMATS = ("csv", "raven", "audacity", "birdclef")
 CSV_COLUMNS = ("file", "start_s", "end_s", "class_id", "class_name", "score", "rank")
@@ -163,17 +164,6 @@ def read_audacity(path: str | Path, file_id: str) -> list[Detection]:
 # ------------------------------------------------------------------------------------------- birdclef
 
 
-def hhmmss(seconds: float) -> str:
-    """Whole seconds as ``hh:mm:ss`` (hours keep counting past 24)."""
-    total = int(round(seconds))
-    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def time_code(start_s: float, end_s: float) -> str:
-    """BirdCLEF's ``hh:mm:ss-hh:mm:ss`` for a segment: start rounded down, end up (a short last one stays non-empty)."""
-    return f"{hhmmss(math.floor(start_s + 1e-6))}-{hhmmss(math.ceil(end_s - 1e-6))}"
-
-
 def birdclef_recording_text(rows: Iterable[Detection], media_ids: dict[str, str]) -> str:
     """``MediaId;ClassId;Probability;Rank``, at most 100 species per recording."""
     return "".join(f"{media_ids[r.file]};{r.class_id};{_number(r.score, 6)};{r.rank}\n"
@@ -182,7 +172,7 @@ def birdclef_recording_text(rows: Iterable[Detection], media_ids: dict[str, str]
 
 def birdclef_segment_text(rows: Iterable[Detection], media_ids: dict[str, str]) -> str:
     """``MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability``, at most 100 species per segment."""
-    return "".join(f"{media_ids[r.file]};{time_code(r.start_s, r.end_s)};{r.class_id};{_number(r.score, 6)}\n"
+    return "".join(f"{media_ids[r.file]};{format_tc(r.start_s, r.end_s)};{r.class_id};{_number(r.score, 6)}\n"
                    for r in rows if r.rank <= BIRDCLEF_MAX_SPECIES)
 
 
