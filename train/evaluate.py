@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from soundception.shared import files
 from soundception.shared.reader import FeatureStore, StoreError
 from soundception.train import metrics
 from soundception.train.checkpoint import load_checkpoint
@@ -92,7 +93,7 @@ def write_report(out: str | Path, report: dict[str, Any] | None) -> None:
             with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe-"):
                 pass
         else:
-            out.write_text(json.dumps(report, indent=2) + "\n")
+            files.write_text(out, json.dumps(report, indent=2) + "\n")
     except OSError as error:
         raise UserError(f"cannot write the report {out}: {error.strerror or error}") from None
 

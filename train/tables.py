@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from soundception.shared import files
 from soundception.train.timecode import format_tc
 
 FORMATS = ("csv", "raven", "audacity", "birdclef")
@@ -63,15 +63,6 @@ class Detection:
 
 def _number(value: float, digits: int) -> str:
     return repr(round(float(value), digits))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def table_name(file_id: str, suffix: str) -> str:
@@ -193,6 +184,6 @@ def media_ids(files: Sequence[str]) -> dict[str, str]:
 
 
 def write_file(path: Path, text: str) -> Path:
-    """Atomically write one table (see :func:`_atomic_write`); returns ``path``."""
-    _atomic_write(path, text)
-    return path
+    """Atomically write one table (:func:`soundception.shared.files.write_text`): never a half-written
+    table; returns ``path``."""
+    return files.write_text(path, text)
