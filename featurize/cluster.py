@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
-import json
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 from soundception.shared.allocator import mallopt
 from soundception.shared.errors import UserError
+from soundception.shared.text import parse_json_object
 
 # what featurize_file imports on first use: workers import them as they start
 FEATURIZER_MODULES = ("soundception.featurize.image", "soundfile", "soxr")
@@ -195,7 +195,7 @@ def read_cluster_config(path: str | Path | None) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = parse_json_object(text)
     except Exception as error:
         raise ClusterError(f"{path}: not a valid cluster config ({type(error).__name__}: "
                            f"{str(error).splitlines()[0] if str(error) else ''})") from None

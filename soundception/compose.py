@@ -21,17 +21,10 @@ from typing import Any
 import click
 
 from soundception.shared.errors import Interrupted, command_errors
-from soundception.shared.text import parse_json_option
+from soundception.shared.text import JSON_OBJECT
 from soundception.train.config import explain_error
 
 SERIAL_SECONDS = 300.0  # less audio than this is featurized in-process: a local cluster's start costs more
-
-
-def _json(text: str | None, name: str) -> dict | None:
-    try:
-        return parse_json_option(text, name)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint=name) from None
 
 
 def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> tuple[str, dict[str, str]]:
@@ -154,13 +147,13 @@ def _audio_seconds(paths: Iterable[str], config: Any, storage_options: dict | No
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--embeddings", type=click.Path(file_okay=False), default=None,
               help="Also write every window's pooled features to this Zarr (dims file, window, feature).")
-@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--storage-options", type=JSON_OBJECT, default=None, help="JSON dict of fsspec options for a URL store.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @command_errors(explain=explain_error)
 def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None, out: str, formats: str,
                     segments: float | None, hop: float | None, top_k: int, min_score: float, combined: bool,
                     batch_size: int, workers: int, featurize_workers: int | None, device: str,
-                    storage_options: str | None, no_progress: bool, embeddings: str | None) -> None:
+                    storage_options: dict | None, no_progress: bool, embeddings: str | None) -> None:
     """Predict species for AUDIO files/folders (local or URLs such as s3://bucket/audio), or for a
     --store, with a trained checkpoint."""
     from soundception.train.predict import PredictOptions, predict_store
@@ -174,7 +167,7 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
                              batch_size=batch_size, workers=workers, device=device)
     trained = load_trained_model(checkpoint, resolve_device(device))
     sources = None
-    fsspec_options = _json(storage_options, "--storage-options")
+    fsspec_options = storage_options
     try:
         if inputs:
             root, files = audio_inputs(inputs, fsspec_options)
@@ -202,10 +195,10 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
 @click.option("--start", type=float, default=None, help="Window start, s [default: the most confident window].")
 @click.option("--seconds", type=float, default=None, help="Window length, s [default: the training window].")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--storage-options", type=JSON_OBJECT, default=None, help="JSON dict of fsspec options for a URL store.")
 @command_errors(interrupted="interrupted: no picture written", explain=explain_error)
 def explain_command(audio: str | None, checkpoint: str, store: str | None, file_id: str | None, out: str,
-                    start: float | None, seconds: float | None, device: str, storage_options: str | None) -> None:
+                    start: float | None, seconds: float | None, device: str, storage_options: dict | None) -> None:
     """Draw what the two attentions look at (paper figures 4 and 5) for AUDIO or --store/--file."""
     from soundception.train.explain import explain_file
     from soundception.train.runtime import resolve_device
@@ -221,7 +214,7 @@ def explain_command(audio: str | None, checkpoint: str, store: str | None, file_
                                         progress=False)
             file_id = next(iter(files))
         summary = explain_file(checkpoint, store, file_id, out, start=start, seconds=seconds, device=device,
-                               storage_options=_json(storage_options, "--storage-options"), trained=trained)
+                               storage_options=storage_options, trained=trained)
     top = ", ".join(f"{name} {p:.2f}" for _, name, p in summary["top"])
     click.echo(f"wrote {out}: {summary['file']} from {summary['start_s']:.1f} s, top {top}")
 
