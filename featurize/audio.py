@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from soundception.featurize.signal import SignalWriter
+from soundception.shared.location import is_url
 from soundception.shared.text import one_line, redact
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".wma")
@@ -34,11 +35,6 @@ FFMPEG_HINT = "this format needs ffmpeg (apt install ffmpeg / conda install ffmp
 _BLOCK_FRAMES = 1 << 16  # source frames per decode block (what a corrupt block can cost)
 # decoded signals longer than this go to a temporary file on disk (featurize.signal); read at call time
 DISK_SIGNAL_SECONDS = 600.0
-
-
-def is_url(path: str | Path) -> bool:
-    """True for an fsspec URL (``s3://bucket/key``, ``gs://...``, ``https://...``), not a local path."""
-    return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
 def fingerprint(location: str, storage_options: dict | None = None) -> dict[str, int | str]:

@@ -10,6 +10,7 @@ import click
 
 from soundception.shared.config import RESIZE_METHODS, FeaturizerConfig
 from soundception.shared.errors import Interrupted, command_errors
+from soundception.shared.location import is_url, normalize
 from soundception.shared.text import JSON_OBJECT, parse_json_object, redact, refuse_credentials_in_url
 
 _DEFAULT = FeaturizerConfig()
@@ -96,6 +97,8 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
     if print_job_script:
         click.echo(_job_script(cluster_kind, jobs, options))
         return
+    audio_dir, store = normalize(audio_dir), normalize(store)  # file:///x is the path /x
+    metadata = normalize(metadata) if metadata else metadata
     try:
         for what, url in (("AUDIO_DIR", audio_dir), ("--store", store), ("--metadata", metadata or "")):
             refuse_credentials_in_url(url, what)
@@ -123,10 +126,10 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
 
 def _take_store(store: str, storage_options: dict | None) -> Any:
     """Check the ``--store`` place and take its lock, or stop with one line."""
-    from soundception.featurize.lock import StoreLock, check_atomic_create, is_local
+    from soundception.featurize.lock import StoreLock, check_atomic_create
     from soundception.featurize.store import check_location
 
-    if not is_local(store):
+    if is_url(store):
         check_atomic_create(store)  # before anything touches the place
     check_location(store, storage_options)
     return StoreLock(store, storage_options).acquire()

@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 
 from soundception.featurize import store as store_io
-from soundception.featurize.audio import is_url
+from soundception.shared.location import is_url
 from soundception.featurize.labels import Recording
 from soundception.featurize.verify import clear_images, verify_store
 from soundception.shared import schema

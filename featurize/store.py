@@ -20,7 +20,6 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from soundception.shared import schema
 from soundception.shared.config import FeaturizerConfig, config_differences, config_hash
 from soundception.shared.reader import open_options
 from soundception.shared.errors import UserError
+from soundception.shared.location import is_url, local_path
 
 DEFAULT_TIME_CHUNK = 1024  # columns (5.1 s); see bench/loader.py for the measurement
 PER_FILE_CHUNK = 4096
@@ -188,12 +188,12 @@ def check_location(url: str, storage_options: dict[str, Any] | None = None) -> N
 
     Raises :class:`StoreMismatch` (one line). A missing or empty place, or a Zarr group, passes.
     """
-    if "://" not in url and Path(url).is_file():
+    if not is_url(url) and local_path(url).is_file():
         raise StoreMismatch(f"{url} is a file, not a store folder; choose another --store (nothing was touched)")
     if _is_empty_location(url, storage_options):
         return
-    if "://" not in url:
-        is_group = (Path(url) / "zarr.json").is_file()
+    if not is_url(url):
+        is_group = (local_path(url) / "zarr.json").is_file()
     else:
         import fsspec
 
@@ -206,8 +206,8 @@ def check_location(url: str, storage_options: dict[str, Any] | None = None) -> N
 
 def _is_empty_location(url: str, storage_options: dict[str, Any] | None) -> bool:
     """True when nothing exists at ``url`` (or it is an empty folder / prefix)."""
-    if "://" not in url:
-        path = Path(url)
+    if not is_url(url):
+        path = local_path(url)
         return not path.exists() or (path.is_dir() and not any(path.iterdir()))
     import fsspec
 

@@ -17,6 +17,7 @@ from soundception.shared import schema
 from soundception.shared.config import FeaturizerConfig
 from soundception.shared.text import one_line, refuse_credentials_in_url
 from soundception.shared.errors import UserError
+from soundception.shared.location import normalize
 
 
 class StoreError(UserError, RuntimeError):
@@ -54,9 +55,9 @@ class FeatureStore:
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = str(url)
         self.storage_options = storage_options
         try:
+            self.url = normalize(url)  # file:///x is the path /x
             refuse_credentials_in_url(self.url)
         except ValueError as error:
             raise StoreError(str(error)) from None

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from soundception.shared.errors import Interrupted, command_errors
+from soundception.shared.location import is_url, normalize
 from soundception.shared.text import JSON_OBJECT
 from soundception.train.config import explain_error
 
@@ -37,10 +38,11 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
     """
     import posixpath
 
-    from soundception.featurize.audio import AUDIO_EXTENSIONS, is_url
-    from soundception.shared.text import redact
+    from soundception.featurize.audio import AUDIO_EXTENSIONS
     from soundception.featurize.labels import discover_audio
+    from soundception.shared.text import redact
 
+    inputs = [normalize(text) for text in inputs]  # file:///x is the path /x
     remote = {is_url(text) for text in inputs}
     if len(remote) > 1:
         raise click.UsageError("give either local audio or URLs, not both")
@@ -61,9 +63,9 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
             raise click.UsageError(f"{shown}: no such file or folder")
     files = sorted(set(files))
     if remote == {True}:
-        scheme = files[0].split("://", 1)[0] + "://"
-        keys = [f[len(scheme):] for f in files]
-        root = scheme + posixpath.commonpath([posixpath.dirname(k) for k in keys])
+        prefix = files[0][: files[0].index("://") + 3]  # as the user wrote it ("s3://")
+        keys = [f[len(prefix):] for f in files]
+        root = prefix + posixpath.commonpath([posixpath.dirname(k) for k in keys])
         return root, {f[len(root) + 1 :]: f for f in files}
     root = os.path.commonpath([str(Path(f).parent) for f in files])
     return root, {Path(f).relative_to(root).as_posix(): f for f in files}
@@ -71,8 +73,6 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
 
 def _kind(text: str, storage_options: dict | None) -> tuple[str, str]:
     """``("dir" | "file" | "missing", location)`` for a local path or a URL."""
-    from soundception.featurize.audio import is_url
-
     if not is_url(text):
         path = Path(text).resolve()
         return ("dir" if path.is_dir() else "file" if path.is_file() else "missing"), str(path)

@@ -31,21 +31,19 @@ def test_writes_and_replaces(tmp_path):
 def test_a_writer_that_raises_leaves_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="writer broke"):
-        with atomic_write(path) as handle:
-            handle.write(b"half of the new")
-            handle.flush()
-            raise RuntimeError("writer broke")
+    with pytest.raises(RuntimeError, match="writer broke"), atomic_write(path) as handle:
+        handle.write(b"half of the new")
+        handle.flush()
+        raise RuntimeError("writer broke")
     assert path.read_bytes() == b"old" and listing(tmp_path) == ["checkpoint.pt"]
 
 
 def test_ctrl_c_mid_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "report.json"
     path.write_text("{}")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_write(path, "w") as handle:
-            handle.write('{"half": ')
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_write(path, "w") as handle:
+        handle.write('{"half": ')
+        raise KeyboardInterrupt
     assert path.read_text() == "{}" and listing(tmp_path) == ["report.json"]
 
 
@@ -74,9 +72,8 @@ def test_a_full_disk_mid_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_refuses_other_modes(tmp_path):
-    with pytest.raises(ValueError, match="mode"):
-        with atomic_write(tmp_path / "x", "a"):
-            pass
+    with pytest.raises(ValueError, match="mode"), atomic_write(tmp_path / "x", "a"):
+        pass
     assert listing(tmp_path) == []
 
 
