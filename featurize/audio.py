@@ -55,6 +55,39 @@ def fingerprint(location: str, storage_options: dict | None = None) -> dict[str,
     return {"size": int(info.get("size") or 0), "mtime": str(changed)}
 
 
+HEADER_BYTES = 1 << 16  # what is fetched of a remote file to read its header
+LOWEST_BYTE_RATE = 4000  # B/s (32 kbit/s): a compressed file's length is bounded from its size with this
+
+
+def audio_seconds(location: str, storage_options: dict | None = None) -> float:
+    """A recording's length in seconds from its header, without decoding it (0.0 if unreadable).
+
+    Exact for what libsndfile reads (wav, flac, ogg, mp3, aiff) on a local disk. A remote file's
+    header is read from its first :data:`HEADER_BYTES`; where that does not give the length (mp3,
+    ogg), the length is bounded from above by the file's size at :data:`LOWEST_BYTE_RATE`. (A
+    file's size over 88,200 B/s, CD-quality PCM, is 5-10x low for FLAC or MP3: never used.)
+    """
+    import soundfile
+
+    try:
+        if not is_url(location):
+            info = soundfile.info(str(location))
+            return max(0.0, info.frames / info.samplerate)
+        import io
+
+        import fsspec
+
+        filesystem, key = fsspec.core.url_to_fs(location, **(storage_options or {}))
+        size = filesystem.size(key)
+        try:
+            info = soundfile.info(io.BytesIO(filesystem.cat_file(key, start=0, end=HEADER_BYTES)))
+            return info.frames / info.samplerate if 0 < info.frames < (1 << 62) else size / LOWEST_BYTE_RATE
+        except Exception:
+            return size / LOWEST_BYTE_RATE
+    except Exception:
+        return 0.0
+
+
 class DecodeError(RuntimeError):
     """A file could not be decoded into audio; the message is one line."""
 

@@ -101,12 +101,11 @@ def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_con
     from soundception.featurize.audio import fingerprint
     from soundception.featurize.cluster import local_cluster
     from soundception.featurize.pipeline import featurize_store
-    from soundception.featurize.plan import estimate_width
 
     store = out / "stores" / (hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12] + ".zarr")
     fingerprints = {i: fingerprint(p, storage_options) for i, p in files.items()}
-    serial = workers == 0 or (workers is None and _audio_seconds(files.values(), featurizer_config, storage_options,
-                                                                 estimate_width) < SERIAL_SECONDS)
+    serial = workers == 0 or (workers is None and total_seconds(files.values(), storage_options)
+                                                 < SERIAL_SECONDS)
     with contextlib.nullcontext() if serial else local_cluster(workers) as client:
         summary = featurize_store(root, str(store), config=featurizer_config, labels="none", client=client,
                                   only=list(files), new_audio_root=False, storage_options=storage_options,
@@ -116,11 +115,14 @@ def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_con
     return str(store), {i: {**f, "path": files[i]} for i, f in fingerprints.items()}
 
 
-def _audio_seconds(paths: Iterable[str], config: Any, storage_options: dict | None, estimate_width: Any) -> float:
-    """Seconds of audio in ``paths``, from their headers, stopping once past :data:`SERIAL_SECONDS`."""
+def total_seconds(paths: Iterable[str], storage_options: dict | None = None) -> float:
+    """Seconds of audio in ``paths``, from their headers (:func:`featurize.audio.audio_seconds`),
+    stopping once past :data:`SERIAL_SECONDS`."""
+    from soundception.featurize.audio import audio_seconds
+
     total = 0.0
     for path in paths:
-        total += estimate_width(path, config, storage_options) / config.pixels_per_second
+        total += audio_seconds(path, storage_options)
         if total >= SERIAL_SECONDS:
             break
     return total
