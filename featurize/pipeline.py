@@ -38,6 +38,7 @@ from soundception.shared import schema
 from soundception.shared.config import FeaturizerConfig
 from soundception.shared.errors import RunFault, is_run_fault, run_fault_message
 from soundception.shared.location import is_url, normalize
+from soundception.shared.reader import read_column
 from soundception.shared.text import one_line
 
 log = logging.getLogger("soundception.featurize")
@@ -321,7 +322,7 @@ def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: s
     notes = list(labelling.notes) + reopen_incomplete(group) + reopen_changed(group, rows, fingerprints)
     if redo_corrupt:
         notes += reopen_corrupt(group, store_url, storage_options)
-    plan = plan_jobs(labelling.recordings, rows, schema.as_strings(group["status"][...]), retry_failed=retry_failed)
+    plan = plan_jobs(labelling.recordings, rows, read_column(group, "status"), retry_failed=retry_failed)
     summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped,
                          failed_before=plan.failed_before, notes=notes)
     for _, file_id, reason in plan.failures:

@@ -23,6 +23,7 @@ import zarr
 from soundception.featurize import store as store_io
 from soundception.featurize.audio import audio_seconds
 from soundception.shared.location import is_url
+from soundception.shared.reader import read_column
 from soundception.featurize.labels import Recording
 from soundception.featurize.verify import clear_images, verify_store
 from soundception.shared import schema
@@ -125,9 +126,9 @@ def reopen_incomplete(group: zarr.Group) -> list[str]:
     Such rows are what lost field writes leave behind (a done mark whose ``n_frames`` never
     arrived): their images cannot be read back, so they are featurized again.
     """
-    status = schema.as_strings(group["status"][...])
-    broken = np.flatnonzero((status == schema.DONE) & ((group["n_frames"][...] <= 0)
-                                                       | ~np.isfinite(group["duration"][...])))
+    status = read_column(group, "status")
+    broken = np.flatnonzero((status == schema.DONE) & ((read_column(group, "n_frames") <= 0)
+                                                       | ~np.isfinite(read_column(group, "duration"))))
     if not broken.size:
         return []
     clear_images(group, broken)
@@ -141,7 +142,7 @@ def reopen_changed(group: zarr.Group, rows: Mapping[str, int], fingerprints: Map
     new recording must not leave objects past its width); returns a note if any. Files with no
     recorded fingerprint are left as they are."""
     known = dict(group.attrs).get(schema.SOURCES, {})
-    status = schema.as_strings(group["status"][...])
+    status = read_column(group, "status")
     changed = [rows[i] for i, now in fingerprints.items()
                if i in known and i in rows and known[i] != now and status[rows[i]] != schema.PENDING]
     if not changed:

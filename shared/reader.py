@@ -46,6 +46,30 @@ def open_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
     return {"storage_options": storage_options} if storage_options else {}
 
 
+def store_location(group: zarr.Group) -> str:
+    """Where ``group`` lives, for a message: a local store's folder, else the store's own description."""
+    root = getattr(group.store, "root", None)
+    return str(root) if root is not None else str(group.store)
+
+
+def read_column(group: zarr.Group, name: str, url: str | None = None) -> np.ndarray:
+    """A whole per-file or per-class array of the store ``group`` (at ``url``), shape ``(n,)``,
+    strings as ``str``. Both sides read the store's table through this, so a damaged table reads
+    the same everywhere.
+
+    Raises:
+        StoreError: one line naming the variable and what to do, when a chunk fails its checksum
+            or the array's metadata cannot be read.
+    """
+    try:
+        values = np.asarray(group[name][...])
+    except Exception as error:  # a damaged chunk or zarr.json of a per-file or per-class array
+        raise StoreError(f"{url or store_location(group)}: the per-file variable {name!r} cannot be read "
+                         f"({one_line(error)}); the store's table is damaged: restore it from a copy, or "
+                         "featurize into a new store") from None
+    return schema.as_strings(values) if values.dtype.kind in "TOU" else values
+
+
 class FeatureStore:
     """Read-only view of a feature store at a local path or an fsspec URL.
 
@@ -94,13 +118,7 @@ class FeatureStore:
         self.__init__(state["url"], state["storage_options"])
 
     def _column(self, name: str) -> np.ndarray:
-        try:
-            values = np.asarray(self.group[name][...])
-        except Exception as error:  # a damaged chunk or zarr.json of a per-file or per-class array
-            raise StoreError(f"{self.url}: the per-file variable {name!r} cannot be read ({one_line(error)}); "
-                             "the store's table is damaged: restore it from a copy, or featurize into a new "
-                             "store") from None
-        return schema.as_strings(values) if values.dtype.kind in "TOU" else values
+        return read_column(self.group, name, self.url)
 
     @cached_property
     def ids(self) -> np.ndarray:
