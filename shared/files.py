@@ -50,13 +50,6 @@ def atomic_write(path: str | Path, mode: str = "wb", *, encoding: str | None = N
     _fsync_folder(path.parent)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Atomically write ``data`` to ``path`` (:func:`atomic_write`); returns ``path``."""
-    with atomic_write(path, "wb") as handle:
-        handle.write(data)
-    return Path(path)
-
-
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write ``text`` (UTF-8, newlines as given) to ``path`` (:func:`atomic_write`); returns ``path``."""
     with atomic_write(path, "w", newline="") as handle:

@@ -174,10 +174,6 @@ class FeatureStore:
             found.append(list(dict.fromkeys(i for i in items if i is not None)))
         return found
 
-    def background_indices(self, index: int) -> list[int]:
-        """Class indices of file ``index``'s background species (see :attr:`background`)."""
-        return self.background[index]
-
     def image(self, index: int) -> np.ndarray:
         """File ``index``'s whole image trimmed to its valid width: uint8 ``(channel, freq, n_frames)``.
 

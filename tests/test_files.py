@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from soundception.shared.files import atomic_write, write_bytes, write_text
+from soundception.shared.files import atomic_write, write_text
 
 
 def listing(folder):
@@ -21,7 +21,8 @@ def test_writes_and_replaces(tmp_path):
     path = tmp_path / "deep" / "table.txt"
     write_text(path, "first\r\n")
     assert path.read_bytes() == b"first\r\n"  # newlines as given
-    write_bytes(path, b"second")
+    with atomic_write(path) as handle:
+        handle.write(b"second")
     assert path.read_bytes() == b"second" and listing(path.parent) == ["table.txt"]
     umask = os.umask(0o022)
     os.umask(umask)
@@ -95,6 +96,6 @@ def test_a_real_full_disk_leaves_the_old_file_and_no_temporary(small_disk):
     path = small_disk / "predictions.csv"
     write_text(path, "old\n")
     with pytest.raises(OSError) as raised:
-        write_bytes(path, b"x" * (2 << 20))
+        write_text(path, "x" * (2 << 20))
     assert raised.value.errno == errno.ENOSPC
     assert path.read_text() == "old\n" and listing(small_disk) == ["predictions.csv"]

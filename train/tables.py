@@ -1,6 +1,8 @@
 """Prediction tables in the layouts other tools open: CSV, Raven Pro, Audacity, BirdCLEF run files.
 
 Every writer has a reader that parses its file back to the same rows; the tests hold them to it.
+The readers (:func:`read_csv`, :func:`read_raven`, :func:`read_audacity`) are public API: they load
+a run's tables back into :class:`Detection` rows for a user's own analysis.
 Numbers are written once, rounded: times to the millisecond, scores to 6 decimals, frequencies to
 0.1 Hz. Rows are :class:`Detection`, one per (file, time span, species).
 
