@@ -10,17 +10,10 @@ import click
 
 from soundception.shared.config import RESIZE_METHODS, FeaturizerConfig
 from soundception.shared.errors import Interrupted, command_errors
-from soundception.shared.text import parse_json_option, redact, refuse_credentials_in_url
+from soundception.shared.location import is_url, normalize
+from soundception.shared.text import JSON_OBJECT, parse_json_object, redact, refuse_credentials_in_url
 
 _DEFAULT = FeaturizerConfig()
-
-
-def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -> dict | None:
-    """Click callback: the option's JSON object (or None); a one-line usage error otherwise."""
-    try:
-        return parse_json_option(text, param.opts[0])
-    except ValueError as error:
-        raise click.UsageError(str(error), ctx) from None
 
 
 @click.command("featurize")
@@ -77,7 +70,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, text: str | None) -
                    "zarr 3.1); 1: one object per chunk (new stores only).")
 @click.option("--zstd-level", type=click.IntRange(0, 22), default=0, show_default=True,
               help="Compress image chunks with zstd at this level; 0 stores them raw (new stores only).")
-@click.option("--storage-options", default=None, callback=_json_object,
+@click.option("--storage-options", default=None, type=JSON_OBJECT,
               help="fsspec options as JSON, e.g. an S3 endpoint.")
 @command_errors()
 def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: str, scheduler: str | None,
@@ -104,6 +97,8 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
     if print_job_script:
         click.echo(_job_script(cluster_kind, jobs, options))
         return
+    audio_dir, store = normalize(audio_dir), normalize(store)  # file:///x is the path /x
+    metadata = normalize(metadata) if metadata else metadata
     try:
         for what, url in (("AUDIO_DIR", audio_dir), ("--store", store), ("--metadata", metadata or "")):
             refuse_credentials_in_url(url, what)
@@ -131,10 +126,10 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
 
 def _take_store(store: str, storage_options: dict | None) -> Any:
     """Check the ``--store`` place and take its lock, or stop with one line."""
-    from soundception.featurize.lock import StoreLock, check_atomic_create, is_local
+    from soundception.featurize.lock import StoreLock, check_atomic_create
     from soundception.featurize.store import check_location
 
-    if not is_local(store):
+    if is_url(store):
         check_atomic_create(store)  # before anything touches the place
     check_location(store, storage_options)
     return StoreLock(store, storage_options).acquire()
@@ -195,7 +190,7 @@ def _config(config_file: str | None, **options: Any) -> FeaturizerConfig:
         if given:
             raise click.UsageError(f"--config replaces the image options; drop --{given[0].replace('_', '-')} "
                                    f"or edit {config_file}")
-        data = parse_json_option(Path(config_file).read_text(encoding="utf-8"), config_file)
+        data = parse_json_object(Path(config_file).read_text(encoding="utf-8"))
         if data is None:
             raise ValueError("the file is empty")
         return FeaturizerConfig.from_dict(data)
@@ -211,7 +206,7 @@ def _config(config_file: str | None, **options: Any) -> FeaturizerConfig:
 @click.option("--verify", is_flag=True,
               help="Read every image object of every done file, check checksums and widths, name bad files "
                    "(exit status 1 if any).")
-@click.option("--storage-options", default=None, callback=_json_object, help="fsspec options as JSON.")
+@click.option("--storage-options", default=None, type=JSON_OBJECT, help="fsspec options as JSON.")
 @command_errors()
 def inspect_command(store: str, failed: bool, png: tuple[str, str] | None, verify: bool,
                     storage_options: dict | None) -> None:

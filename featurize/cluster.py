@@ -14,11 +14,8 @@ joins later, gets the allocator settings of :func:`tune_worker`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import importlib
-import json
 import logging
 import os
 import signal
@@ -27,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
+from soundception.shared.allocator import mallopt
 from soundception.shared.errors import UserError
+from soundception.shared.text import parse_json_object
 
 # what featurize_file imports on first use: workers import them as they start
 FEATURIZER_MODULES = ("soundception.featurize.image", "soundfile", "soxr")
@@ -35,8 +34,6 @@ FEATURIZER_MODULES = ("soundception.featurize.image", "soundfile", "soxr")
 # glibc settings for featurize workers: blocks up to 32 MB come from the heap and up to 256 MB of
 # freed heap is kept, so the per-chunk arrays are reused instead of mapped and faulted in anew
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 1 << 25, "MALLOC_TRIM_THRESHOLD_": 1 << 28}
-# the same two settings as glibc's mallopt() parameters (malloc.h)
-_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
 
 BATCH_SYSTEMS = ("slurm", "pbs")
 # dask-jobqueue options that are lists of lines
@@ -48,7 +45,7 @@ class ClusterError(UserError, RuntimeError):
 
 
 def set_malloc(settings: dict[str, int] = WORKER_MALLOC) -> bool:
-    """Apply ``settings`` to this process's allocator now, with glibc's ``mallopt``.
+    """Apply ``settings`` to this process's allocator now (:func:`soundception.shared.allocator.mallopt`).
 
     A dask nanny starts its worker with ``MALLOC_TRIM_THRESHOLD_=65536``, so glibc hands every
     freed block of a few MB straight back to the kernel; the featurizer frees such blocks for
@@ -56,14 +53,7 @@ def set_malloc(settings: dict[str, int] = WORKER_MALLOC) -> bool:
     at half the speed of our local one). ``mallopt`` overrides the environment's values in a
     running process. Returns False (and changes nothing) where the C library has no ``mallopt``.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
-        return False
-    return all(mallopt(_MALLOPT[key], int(value)) == 1 for key, value in settings.items())
+    return mallopt(settings)
 
 
 def tune_worker(worker: Any = None) -> dict[str, Any]:
@@ -205,7 +195,7 @@ def read_cluster_config(path: str | Path | None) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = parse_json_object(text)
     except Exception as error:
         raise ClusterError(f"{path}: not a valid cluster config ({type(error).__name__}: "
                            f"{str(error).splitlines()[0] if str(error) else ''})") from None

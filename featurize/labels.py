@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from soundception.featurize.audio import AUDIO_EXTENSIONS, is_url
+from soundception.featurize.audio import AUDIO_EXTENSIONS
+from soundception.shared.location import is_url
 from soundception.shared.text import redact
 from soundception.shared.errors import UserError
 

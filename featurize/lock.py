@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from soundception.shared.errors import UserError
+from soundception.shared.location import is_url, local_path, normalize, scheme
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
@@ -52,14 +53,6 @@ ATOMIC_CREATE = {"s3": ("s3fs", "2025.7.0"), "s3a": ("s3fs", "2025.7.0")}
 
 class StoreLocked(UserError, RuntimeError):
     """Another run holds the store; the message names it (host, pid, start time)."""
-
-
-def is_local(url: str) -> bool:
-    return "://" not in str(url) or str(url).startswith("file://")
-
-
-def local_path(url: str) -> Path:
-    return Path(str(url).removeprefix("file://"))
 
 
 def lock_url(url: str, suffix: str = ".lock") -> str:
@@ -106,7 +99,7 @@ class StoreLock:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
                  stale_seconds: float = STALE_SECONDS, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> None:
-        self.url = str(url).rstrip("/")
+        self.url = normalize(url).rstrip("/")  # file:///x is the path /x
         self.storage_options = storage_options
         self.stale_seconds, self.heartbeat_seconds = stale_seconds, heartbeat_seconds
         self.token = uuid.uuid4().hex
@@ -236,7 +229,7 @@ class StoreLock:
 
     # -- both ---------------------------------------------------------------------------------
     def acquire(self) -> StoreLock:
-        if is_local(self.url):
+        if not is_url(self.url):
             self._acquire_local()
         else:
             self._acquire_remote()
@@ -268,7 +261,7 @@ def check_atomic_create(url: str) -> None:
     (:data:`ATOMIC_CREATE`): without that, two runs could both believe they hold the lock."""
     from importlib.metadata import PackageNotFoundError, version
 
-    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    protocol = scheme(url)
     if protocol not in ATOMIC_CREATE:
         raise UserError(f"{url}: featurize cannot lock a store on {protocol}:// (no create-if-absent proven for "
                         "it); featurize into a local folder or s3://, then copy the store there")

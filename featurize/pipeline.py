@@ -28,7 +28,7 @@ from typing import Any
 import zarr
 
 from soundception.featurize import store as store_io
-from soundception.featurize.audio import DecodeError, decode, is_url, self_concatenate
+from soundception.featurize.audio import DecodeError, decode, self_concatenate
 from soundception.featurize.labels import Labelling, label_recordings
 from soundception.featurize.lock import StoreLock
 from soundception.featurize.lock import describe as describe_holder
@@ -37,6 +37,8 @@ from soundception.featurize.plan import (Job, Plan, longest_first, plan_jobs, re
 from soundception.shared import schema
 from soundception.shared.config import FeaturizerConfig
 from soundception.shared.errors import RunFault, is_run_fault, run_fault_message
+from soundception.shared.location import is_url, normalize
+from soundception.shared.reader import read_column
 from soundception.shared.text import one_line
 
 log = logging.getLogger("soundception.featurize")
@@ -289,6 +291,9 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
+    # file:///x is the path /x (shared.location)
+    audio_root, store_url = normalize(audio_root), normalize(store_url)
+    metadata = normalize(metadata) if metadata else metadata
     labelling = label_recordings(audio_root, metadata=metadata, source=labels, storage_options=storage_options)
     if only is not None:
         wanted = set(only)
@@ -317,7 +322,7 @@ def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: s
     notes = list(labelling.notes) + reopen_incomplete(group) + reopen_changed(group, rows, fingerprints)
     if redo_corrupt:
         notes += reopen_corrupt(group, store_url, storage_options)
-    plan = plan_jobs(labelling.recordings, rows, schema.as_strings(group["status"][...]), retry_failed=retry_failed)
+    plan = plan_jobs(labelling.recordings, rows, read_column(group, "status"), retry_failed=retry_failed)
     summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped,
                          failed_before=plan.failed_before, notes=notes)
     for _, file_id, reason in plan.failures:

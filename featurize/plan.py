@@ -21,44 +21,24 @@ import numpy as np
 import zarr
 
 from soundception.featurize import store as store_io
-from soundception.featurize.audio import is_url
+from soundception.featurize.audio import audio_seconds
+from soundception.shared.location import is_url
+from soundception.shared.reader import read_column
 from soundception.featurize.labels import Recording
 from soundception.featurize.verify import clear_images, verify_store
 from soundception.shared import schema
 from soundception.shared.config import FeaturizerConfig
 
-HEADER_BYTES = 1 << 16  # what is fetched of a remote file to read its header
-LOWEST_BYTE_RATE = 4000  # B/s (32 kbit/s): a compressed file's length is bounded from its size with this
-
 
 def estimate_width(path: str, config: FeaturizerConfig, storage_options: dict[str, Any] | None = None) -> int:
     """Image width in px from the file header (0 if the header cannot be read).
 
-    A remote file's header is read from its first :data:`HEADER_BYTES`; where that does not give
-    the length (mp3, ogg), the width is bounded from the file's size at :data:`LOWEST_BYTE_RATE`.
+    The length is :func:`featurize.audio.audio_seconds` (the header; an upper bound from the size
+    for a remote file whose first bytes do not give it).
     Over-estimating is cheap (the store's padded axis holds no objects past a file's width);
     under-estimating makes the file wait for the axis to grow and be done again.
     """
-    import soundfile
-
-    try:
-        if is_url(path):
-            import io
-
-            import fsspec
-
-            filesystem, key = fsspec.core.url_to_fs(path, **(storage_options or {}))
-            size = filesystem.size(key)
-            try:
-                info = soundfile.info(io.BytesIO(filesystem.cat_file(key, start=0, end=HEADER_BYTES)))
-                seconds = info.frames / info.samplerate if 0 < info.frames < (1 << 62) else size / LOWEST_BYTE_RATE
-            except Exception:
-                seconds = size / LOWEST_BYTE_RATE
-        else:
-            info = soundfile.info(path)
-            seconds = info.frames / info.samplerate
-    except Exception:
-        return 0
+    seconds = audio_seconds(path, storage_options)
     if seconds <= 0:
         return 0
     repeats = max(1, math.ceil(config.min_duration / seconds))
@@ -146,9 +126,9 @@ def reopen_incomplete(group: zarr.Group) -> list[str]:
     Such rows are what lost field writes leave behind (a done mark whose ``n_frames`` never
     arrived): their images cannot be read back, so they are featurized again.
     """
-    status = schema.as_strings(group["status"][...])
-    broken = np.flatnonzero((status == schema.DONE) & ((group["n_frames"][...] <= 0)
-                                                       | ~np.isfinite(group["duration"][...])))
+    status = read_column(group, "status")
+    broken = np.flatnonzero((status == schema.DONE) & ((read_column(group, "n_frames") <= 0)
+                                                       | ~np.isfinite(read_column(group, "duration"))))
     if not broken.size:
         return []
     clear_images(group, broken)
@@ -162,7 +142,7 @@ def reopen_changed(group: zarr.Group, rows: Mapping[str, int], fingerprints: Map
     new recording must not leave objects past its width); returns a note if any. Files with no
     recorded fingerprint are left as they are."""
     known = dict(group.attrs).get(schema.SOURCES, {})
-    status = schema.as_strings(group["status"][...])
+    status = read_column(group, "status")
     changed = [rows[i] for i, now in fingerprints.items()
                if i in known and i in rows and known[i] != now and status[rows[i]] != schema.PENDING]
     if not changed:

@@ -113,19 +113,3 @@ def to_decibels(magnitudes: np.ndarray, *, amin: float = 1e-10) -> np.ndarray:
     np.log(magnitudes, out=magnitudes)  # numpy's float32 log: 2.5 ns a value here (AVX2), log2 6, log10 12
     magnitudes *= np.float32(20.0 / np.log(10.0))
     return magnitudes
-
-
-def log_power(frames: np.ndarray, *, window: str = "hann", amin: float = 1e-10) -> np.ndarray:
-    """Windowed power spectrum in decibels of each frame.
-
-    Args:
-        frames: float32 ``(f, n_fft)`` from :func:`frames_at`.
-        window: analysis window name (periodic), see :func:`analysis_window`.
-        amin: power floor, so silence gives ``10 * log10(amin)`` dB instead of ``-inf``.
-
-    Returns:
-        float32 ``(f, n_fft // 2 + 1)``: ``10 * log10(max(|rfft(frame * window)|**2, amin))``, bins
-        from 0 Hz to Nyquist. Equals ``librosa.power_to_db(|librosa.stft(...)|**2, ref=1, amin=amin,
-        top_db=None)`` transposed.
-    """
-    return to_decibels(magnitude(frames, window=window), amin=amin)

@@ -20,7 +20,6 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from soundception.featurize.lock import fields_lock
 from soundception.shared import schema
 from soundception.shared.config import FeaturizerConfig, config_differences, config_hash
-from soundception.shared.reader import open_options
+from soundception.shared.reader import open_options, read_column
 from soundception.shared.errors import UserError
+from soundception.shared.location import is_url, local_path
 
 DEFAULT_TIME_CHUNK = 1024  # columns (5.1 s); see bench/loader.py for the measurement
 PER_FILE_CHUNK = 4096
@@ -188,12 +188,12 @@ def check_location(url: str, storage_options: dict[str, Any] | None = None) -> N
 
     Raises :class:`StoreMismatch` (one line). A missing or empty place, or a Zarr group, passes.
     """
-    if "://" not in url and Path(url).is_file():
+    if not is_url(url) and local_path(url).is_file():
         raise StoreMismatch(f"{url} is a file, not a store folder; choose another --store (nothing was touched)")
     if _is_empty_location(url, storage_options):
         return
-    if "://" not in url:
-        is_group = (Path(url) / "zarr.json").is_file()
+    if not is_url(url):
+        is_group = (local_path(url) / "zarr.json").is_file()
     else:
         import fsspec
 
@@ -206,8 +206,8 @@ def check_location(url: str, storage_options: dict[str, Any] | None = None) -> N
 
 def _is_empty_location(url: str, storage_options: dict[str, Any] | None) -> bool:
     """True when nothing exists at ``url`` (or it is an empty folder / prefix)."""
-    if "://" not in url:
-        path = Path(url)
+    if not is_url(url):
+        path = local_path(url)
         return not path.exists() or (path.is_dir() and not any(path.iterdir()))
     import fsspec
 
@@ -223,11 +223,11 @@ def _repair_lengths(group: zarr.Group) -> None:
     * growing the time axis: the ``time`` coordinate is made to match the image's time extent.
     """
     file_array = group[schema.FILE]
-    ids = schema.as_strings(file_array[...])
+    ids = read_column(group, schema.FILE)
     n_files = len(ids)
     while n_files and not ids[n_files - 1]:
         n_files -= 1
-    done = np.flatnonzero(schema.as_strings(group["status"][...])[n_files:] == schema.DONE)
+    done = np.flatnonzero(read_column(group, "status")[n_files:] == schema.DONE)
     if done.size:  # not what a crash while registering leaves: ids were lost, never drop done work
         raise StoreMismatch(f"the store's file ids are damaged: {done.size} row(s) marked done from row "
                             f"{n_files + int(done[0])} on have no id; nothing was changed (restore the store's "
@@ -247,7 +247,7 @@ def _repair_lengths(group: zarr.Group) -> None:
 
 
 def file_ids(group: zarr.Group) -> list[str]:
-    return schema.as_strings(group[schema.FILE][...]).tolist()
+    return read_column(group, schema.FILE).tolist()
 
 
 def register_files(group: zarr.Group, entries: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -279,8 +279,7 @@ def register_files(group: zarr.Group, entries: Sequence[dict[str, Any]]) -> dict
 
 def stored_classes(group: zarr.Group) -> tuple[list[str], list[str]]:
     """The store's class ids and names, in label order."""
-    return (schema.as_strings(group[schema.CLASS][...]).tolist(),
-            schema.as_strings(group["class_name"][...]).tolist())
+    return read_column(group, schema.CLASS).tolist(), read_column(group, "class_name").tolist()
 
 
 def set_classes(group: zarr.Group, classes: Sequence[str], names: Sequence[str]) -> None:

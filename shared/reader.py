@@ -17,6 +17,7 @@ from soundception.shared import schema
 from soundception.shared.config import FeaturizerConfig
 from soundception.shared.text import one_line, refuse_credentials_in_url
 from soundception.shared.errors import UserError
+from soundception.shared.location import normalize
 
 
 class StoreError(UserError, RuntimeError):
@@ -45,6 +46,30 @@ def open_options(storage_options: dict[str, Any] | None) -> dict[str, Any]:
     return {"storage_options": storage_options} if storage_options else {}
 
 
+def store_location(group: zarr.Group) -> str:
+    """Where ``group`` lives, for a message: a local store's folder, else the store's own description."""
+    root = getattr(group.store, "root", None)
+    return str(root) if root is not None else str(group.store)
+
+
+def read_column(group: zarr.Group, name: str, url: str | None = None) -> np.ndarray:
+    """A whole per-file or per-class array of the store ``group`` (at ``url``), shape ``(n,)``,
+    strings as ``str``. Both sides read the store's table through this, so a damaged table reads
+    the same everywhere.
+
+    Raises:
+        StoreError: one line naming the variable and what to do, when a chunk fails its checksum
+            or the array's metadata cannot be read.
+    """
+    try:
+        values = np.asarray(group[name][...])
+    except Exception as error:  # a damaged chunk or zarr.json of a per-file or per-class array
+        raise StoreError(f"{url or store_location(group)}: the per-file variable {name!r} cannot be read "
+                         f"({one_line(error)}); the store's table is damaged: restore it from a copy, or "
+                         "featurize into a new store") from None
+    return schema.as_strings(values) if values.dtype.kind in "TOU" else values
+
+
 class FeatureStore:
     """Read-only view of a feature store at a local path or an fsspec URL.
 
@@ -54,9 +79,9 @@ class FeatureStore:
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = str(url)
         self.storage_options = storage_options
         try:
+            self.url = normalize(url)  # file:///x is the path /x
             refuse_credentials_in_url(self.url)
         except ValueError as error:
             raise StoreError(str(error)) from None
@@ -93,13 +118,7 @@ class FeatureStore:
         self.__init__(state["url"], state["storage_options"])
 
     def _column(self, name: str) -> np.ndarray:
-        try:
-            values = np.asarray(self.group[name][...])
-        except Exception as error:  # a damaged chunk or zarr.json of a per-file or per-class array
-            raise StoreError(f"{self.url}: the per-file variable {name!r} cannot be read ({one_line(error)}); "
-                             "the store's table is damaged: restore it from a copy, or featurize into a new "
-                             "store") from None
-        return schema.as_strings(values) if values.dtype.kind in "TOU" else values
+        return read_column(self.group, name, self.url)
 
     @cached_property
     def ids(self) -> np.ndarray:
@@ -154,10 +173,6 @@ class FeatureStore:
             items = (lookup.get(item.strip().lower()) for item in str(text).split(schema.BACKGROUND_SEPARATOR))
             found.append(list(dict.fromkeys(i for i in items if i is not None)))
         return found
-
-    def background_indices(self, index: int) -> list[int]:
-        """Class indices of file ``index``'s background species (see :attr:`background`)."""
-        return self.background[index]
 
     def image(self, index: int) -> np.ndarray:
         """File ``index``'s whole image trimmed to its valid width: uint8 ``(channel, freq, n_frames)``.

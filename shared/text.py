@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import click
+
 
 def one_line(error: BaseException, *, limit: int = 300) -> str:
     """``error``'s message on one line (whitespace collapsed), at most ``limit`` characters.
@@ -17,21 +19,44 @@ def one_line(error: BaseException, *, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parse_json_option(text: str | None, name: str) -> dict[str, Any] | None:
-    """Parse a JSON object given on the command line; ``None``/empty gives ``None``.
+def parse_json_object(text: str | None) -> dict[str, Any] | None:
+    """Parse a JSON object (an option's value, a config file's text); ``None``/empty gives ``None``.
 
     Raises:
-        ValueError: ``"--name is not a JSON object: ..."`` for anything else.
+        ValueError: one line, ``"not JSON: <where the parser stopped>"`` or ``"must be a JSON
+            object, got list"``; the caller names what it parsed.
     """
-    if not text:
+    if text is None or not text.strip():
         return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{name} is not JSON: {error}") from None
+        raise ValueError(f"not JSON: {error}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+        raise ValueError(f"must be a JSON object, got {type(value).__name__}")
     return value
+
+
+class JsonObject(click.ParamType):
+    """A click option that takes a JSON object (``--storage-options '{"anon": true}'``).
+
+    Every command parses its JSON options with this one type, so a bad value reads the same
+    everywhere: click's usage error, exit 2, ``Invalid value for '--storage-options': not JSON: ...``.
+    The command receives a ``dict``, or ``None`` when the option is not given.
+    """
+
+    name = "JSON"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, Any] | None:
+        if value is None or isinstance(value, dict):
+            return value
+        try:
+            return parse_json_object(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+JSON_OBJECT = JsonObject()
 
 
 def check_known_keys(data: dict[str, Any], known: Iterable[str], what: str) -> None:

@@ -21,17 +21,11 @@ from typing import Any
 import click
 
 from soundception.shared.errors import Interrupted, command_errors
-from soundception.shared.text import parse_json_option
+from soundception.shared.location import is_url, normalize
+from soundception.shared.text import JSON_OBJECT
 from soundception.train.config import explain_error
 
 SERIAL_SECONDS = 300.0  # less audio than this is featurized in-process: a local cluster's start costs more
-
-
-def _json(text: str | None, name: str) -> dict | None:
-    try:
-        return parse_json_option(text, name)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint=name) from None
 
 
 def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> tuple[str, dict[str, str]]:
@@ -44,10 +38,11 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
     """
     import posixpath
 
-    from soundception.featurize.audio import AUDIO_EXTENSIONS, is_url
-    from soundception.shared.text import redact
+    from soundception.featurize.audio import AUDIO_EXTENSIONS
     from soundception.featurize.labels import discover_audio
+    from soundception.shared.text import redact
 
+    inputs = [normalize(text) for text in inputs]  # file:///x is the path /x
     remote = {is_url(text) for text in inputs}
     if len(remote) > 1:
         raise click.UsageError("give either local audio or URLs, not both")
@@ -68,9 +63,9 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
             raise click.UsageError(f"{shown}: no such file or folder")
     files = sorted(set(files))
     if remote == {True}:
-        scheme = files[0].split("://", 1)[0] + "://"
-        keys = [f[len(scheme):] for f in files]
-        root = scheme + posixpath.commonpath([posixpath.dirname(k) for k in keys])
+        prefix = files[0][: files[0].index("://") + 3]  # as the user wrote it ("s3://")
+        keys = [f[len(prefix):] for f in files]
+        root = prefix + posixpath.commonpath([posixpath.dirname(k) for k in keys])
         return root, {f[len(root) + 1 :]: f for f in files}
     root = os.path.commonpath([str(Path(f).parent) for f in files])
     return root, {Path(f).relative_to(root).as_posix(): f for f in files}
@@ -78,8 +73,6 @@ def audio_inputs(inputs: Sequence[str], storage_options: dict | None = None) -> 
 
 def _kind(text: str, storage_options: dict | None) -> tuple[str, str]:
     """``("dir" | "file" | "missing", location)`` for a local path or a URL."""
-    from soundception.featurize.audio import is_url
-
     if not is_url(text):
         path = Path(text).resolve()
         return ("dir" if path.is_dir() else "file" if path.is_file() else "missing"), str(path)
@@ -108,12 +101,11 @@ def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_con
     from soundception.featurize.audio import fingerprint
     from soundception.featurize.cluster import local_cluster
     from soundception.featurize.pipeline import featurize_store
-    from soundception.featurize.plan import estimate_width
 
     store = out / "stores" / (hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12] + ".zarr")
     fingerprints = {i: fingerprint(p, storage_options) for i, p in files.items()}
-    serial = workers == 0 or (workers is None and _audio_seconds(files.values(), featurizer_config, storage_options,
-                                                                 estimate_width) < SERIAL_SECONDS)
+    serial = workers == 0 or (workers is None and total_seconds(files.values(), storage_options)
+                                                 < SERIAL_SECONDS)
     with contextlib.nullcontext() if serial else local_cluster(workers) as client:
         summary = featurize_store(root, str(store), config=featurizer_config, labels="none", client=client,
                                   only=list(files), new_audio_root=False, storage_options=storage_options,
@@ -123,11 +115,14 @@ def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_con
     return str(store), {i: {**f, "path": files[i]} for i, f in fingerprints.items()}
 
 
-def _audio_seconds(paths: Iterable[str], config: Any, storage_options: dict | None, estimate_width: Any) -> float:
-    """Seconds of audio in ``paths``, from their headers, stopping once past :data:`SERIAL_SECONDS`."""
+def total_seconds(paths: Iterable[str], storage_options: dict | None = None) -> float:
+    """Seconds of audio in ``paths``, from their headers (:func:`featurize.audio.audio_seconds`),
+    stopping once past :data:`SERIAL_SECONDS`."""
+    from soundception.featurize.audio import audio_seconds
+
     total = 0.0
     for path in paths:
-        total += estimate_width(path, config, storage_options) / config.pixels_per_second
+        total += audio_seconds(path, storage_options)
         if total >= SERIAL_SECONDS:
             break
     return total
@@ -154,13 +149,13 @@ def _audio_seconds(paths: Iterable[str], config: Any, storage_options: dict | No
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--embeddings", type=click.Path(file_okay=False), default=None,
               help="Also write every window's pooled features to this Zarr (dims file, window, feature).")
-@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--storage-options", type=JSON_OBJECT, default=None, help="JSON dict of fsspec options for a URL store.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @command_errors(explain=explain_error)
 def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None, out: str, formats: str,
                     segments: float | None, hop: float | None, top_k: int, min_score: float, combined: bool,
                     batch_size: int, workers: int, featurize_workers: int | None, device: str,
-                    storage_options: str | None, no_progress: bool, embeddings: str | None) -> None:
+                    storage_options: dict | None, no_progress: bool, embeddings: str | None) -> None:
     """Predict species for AUDIO files/folders (local or URLs such as s3://bucket/audio), or for a
     --store, with a trained checkpoint."""
     from soundception.train.predict import PredictOptions, predict_store
@@ -174,7 +169,7 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
                              batch_size=batch_size, workers=workers, device=device)
     trained = load_trained_model(checkpoint, resolve_device(device))
     sources = None
-    fsspec_options = _json(storage_options, "--storage-options")
+    fsspec_options = storage_options
     try:
         if inputs:
             root, files = audio_inputs(inputs, fsspec_options)
@@ -202,10 +197,10 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
 @click.option("--start", type=float, default=None, help="Window start, s [default: the most confident window].")
 @click.option("--seconds", type=float, default=None, help="Window length, s [default: the training window].")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--storage-options", type=JSON_OBJECT, default=None, help="JSON dict of fsspec options for a URL store.")
 @command_errors(interrupted="interrupted: no picture written", explain=explain_error)
 def explain_command(audio: str | None, checkpoint: str, store: str | None, file_id: str | None, out: str,
-                    start: float | None, seconds: float | None, device: str, storage_options: str | None) -> None:
+                    start: float | None, seconds: float | None, device: str, storage_options: dict | None) -> None:
     """Draw what the two attentions look at (paper figures 4 and 5) for AUDIO or --store/--file."""
     from soundception.train.explain import explain_file
     from soundception.train.runtime import resolve_device
@@ -221,7 +216,7 @@ def explain_command(audio: str | None, checkpoint: str, store: str | None, file_
                                         progress=False)
             file_id = next(iter(files))
         summary = explain_file(checkpoint, store, file_id, out, start=start, seconds=seconds, device=device,
-                               storage_options=_json(storage_options, "--storage-options"), trained=trained)
+                               storage_options=storage_options, trained=trained)
     top = ", ".join(f"{name} {p:.2f}" for _, name, p in summary["top"])
     click.echo(f"wrote {out}: {summary['file']} from {summary['start_s']:.1f} s, top {top}")
 

@@ -66,7 +66,7 @@ def test_cli_featurize_inspect_failed_and_png(small_corpus, tmp_path):
     missing = runner.invoke(main, ["inspect", str(tmp_path / "nope.zarr")])
     assert missing.exit_code != 0 and "not a readable Zarr feature store" in missing.output
     not_json = runner.invoke(main, ["inspect", store, "--storage-options", "{endpoint"])
-    assert not_json.exit_code == 2 and "--storage-options is not JSON" in not_json.output
+    assert not_json.exit_code == 2 and "Invalid value for '--storage-options': not JSON" in not_json.output
 
 
 def test_cli_featurizes_on_an_existing_dask_scheduler(small_corpus, tmp_path):

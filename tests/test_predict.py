@@ -23,6 +23,7 @@ from soundception.train.inference import FileWindows
 from soundception.train.predict import PredictOptions, predict_store
 from soundception.train.score import read_run_file
 from soundception.train.segments import segment_scores
+from soundception.train.timecode import format_tc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,12 +135,6 @@ def test_overlapping_windows_each_segment_takes_the_window_that_sees_it():
     np.testing.assert_allclose(result.scores[3], [max(0.9 * 0.5, 0.3), max(0.1 * 0.5, 0.7)], rtol=1e-6)
 
 
-def test_birdclef_time_codes_keep_a_short_last_segment():
-    assert tables.time_code(5.0, 10.0) == "00:00:05-00:00:10"
-    assert tables.time_code(4.0, 4.193) == "00:00:04-00:00:05"  # rounded up, never an empty span
-    assert tables.time_code(3595.0, 3600.0) == "00:59:55-01:00:00"
-
-
 def test_the_journal_key_changes_with_what_changes_the_scores(trained_run):
     import dataclasses
 
@@ -191,7 +186,7 @@ def test_every_table_parses_back_to_the_same_rows(trained_run, tmp_path):
     recordings = read_run_file(tmp_path / "each" / "birdclef" / "recordings.txt")
     assert segments.kind == "segment" and recordings.kind == "recording"
     ids = tables.media_ids(list(store.ids))
-    best = {(ids[r.file], tables.time_code(r.start_s, r.end_s)): (r.class_id, r.score)
+    best = {(ids[r.file], format_tc(r.start_s, r.end_s)): (r.class_id, r.score)
             for r in rows if r.rank == 1}
     first = {}
     for media, tc, class_id, probability, _ in segments.rows:

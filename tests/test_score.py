@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from sklearn.metrics import label_ranking_average_precision_score
 
 from soundception.cli import main
-from soundception.train.score import ScoreFileError, format_tc, parse_tc, read_run_file, read_truth, score
+from soundception.train.score import ScoreFileError, read_run_file, read_truth, score
 
 TRUTH = "MediaId,ClassId,BackgroundClassIds\n"
 
@@ -171,19 +171,6 @@ def test_segment_runs_score_each_time_code_as_a_query(tmp_path):
     assert result["no_relevant"] == ["s1;00:00:10-00:00:15"] and result["n_not_in_truth"] == 0
     with pytest.raises(ScoreFileError, match="a segment run file cannot be scored against a recording truth"):
         scored(tmp_path, run, "MediaId,ClassId\ns1,a\n")
-
-
-def test_time_codes_round_trip():
-    assert format_tc(5, 10) == "00:00:05-00:00:10"
-    assert format_tc(3599.5, 90061.2) == "01:00:00-25:01:01"  # halves round up, hours pass 24
-    assert parse_tc("25:01:01-100:00:00") == (90061.0, 360000.0)
-    assert parse_tc(format_tc(123.4, 128.6)) == (123.0, 129.0)
-    for bad in [(-1, 5), (5, 5.4), (float("nan"), 5)]:
-        with pytest.raises(ValueError):
-            format_tc(*bad)
-    for bad in ["0:00:05-00:00:10", "00:00:05", "00:00:05-00:00:05", "00:00:05--00:00:10"]:
-        with pytest.raises(ValueError):
-            parse_tc(bad)
 
 
 @pytest.mark.parametrize("seed", range(3))

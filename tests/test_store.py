@@ -228,7 +228,7 @@ def test_labels_from_csv_with_background_missing_and_conflicting_rows(tmp_path):
     assert reader.table["label"][row["x/a.wav"]] == 1 and reader.table["label"][row["x/b.wav"]] == 0
     assert reader.table["label"][row["x/d.wav"]] == -1  # not in the CSV: unlabelled
     assert reader.table["background"][row["x/a.wav"]] == "robin;tit"
-    assert reader.background_indices(row["x/a.wav"]) == [0]
+    assert reader.background[row["x/a.wav"]] == [0]
     assert reader.table["status"][row["x/c.wav"]] == "failed"
     assert "conflicting labels" in reader.table["error"][row["x/c.wav"]]
     assert reader.table["status"][row["x/gone.wav"]] == "failed"
@@ -255,7 +255,7 @@ def test_labels_from_birdclef_xml(tmp_path):
     assert reader.classes == ["ahfcxd", "lsmvvt"]
     assert reader.class_names == ["Pitangus sulphuratus", "Turdus leucomelas"]
     assert list(reader.table["label"]) == [1, 0]
-    assert reader.background_indices(0) == [0]  # matched by species name; the other is unknown
+    assert reader.background[0] == [0]  # matched by species name; the other is unknown
     assert any("broken.xml" in note for note in summary.notes)
 
 
@@ -346,7 +346,7 @@ def test_conflicting_xml_labels_fail_the_file_and_tsv_metadata_reads(tmp_path):
     featurize_store(root, str(tmp_path / "t.zarr"), config=SMALL, metadata=tsv)
     reader = FeatureStore(str(tmp_path / "t.zarr"))
     assert reader.classes == ["robin", "wren"] and list(reader.table["label"]) == [1, 0]
-    assert reader.background_indices(0) == [0]
+    assert reader.background[0] == [0]
 
 
 def test_files_wider_than_the_header_said_grow_the_store_and_are_redone(small_corpus, tmp_path, monkeypatch):

@@ -454,3 +454,29 @@ def test_object_stores_without_a_proven_atomic_create_are_refused_in_one_line(sm
         lock.check_atomic_create("s3://bucket/s.zarr")
     monkeypatch.setattr(importlib.metadata, "version", lambda package: "2025.7.0")
     lock.check_atomic_create("s3://bucket/s.zarr")  # the first release that is safe passes
+
+
+def test_a_damaged_status_table_reads_the_same_to_featurize_and_inspect(small_corpus, tmp_path):
+    """One byte flipped in the ``status`` chunk: featurize's rerun and inspect both say, in one line,
+    which variable is damaged and what to do (not zarr's bare "Stored and computed checksum ...")."""
+    from click.testing import CliRunner
+
+    from soundception.cli import main
+
+    store = tmp_path / "s.zarr"
+    featurize_store(small_corpus, str(store), config=SMALL, labels="folders")
+    chunk, = [p for p in (store / "status").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    runner = CliRunner()
+    rerun = runner.invoke(main, ["featurize", str(small_corpus), "--store", str(store), "--serial",
+                                 "--labels", "folders", "--min-duration", "4"])
+    shown = runner.invoke(main, ["inspect", str(store)])
+    for result in (rerun, shown):
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"Error: {store}: the per-file variable 'status' cannot be read (Stored and "
+                                   "computed checksum do not match"), result.output
+        assert lines[0].endswith("the store's table is damaged: restore it from a copy, or featurize into a new "
+                                 "store") and "unexpected" not in lines[0]

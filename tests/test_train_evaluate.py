@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from soundception.train.inference import recording_probabilities
+from soundception.train.evaluate import recording_scores
 
 CROP = 10  # px per window
 SCALE = 8.0  # logit per unit of pixel brightness
@@ -44,7 +44,7 @@ class WindowScorer(nn.Module):
 
 
 class ImageStore:
-    """What :func:`recording_probabilities` reads from a feature store: widths, windows, classes."""
+    """What :func:`train.evaluate.recording_scores` reads from a feature store: widths, windows, classes."""
 
     def __init__(self, images: list[np.ndarray]) -> None:
         self.images, self.classes = images, ["a", "b", "c"]
@@ -91,8 +91,8 @@ def test_prediction_is_the_mean_softmax_over_every_covering_window(batch_size):
     expected_short = window_probabilities(padded, [0])[0]
 
     store = ImageStore([short, long])
-    result = recording_probabilities(WindowScorer(), store, [1, 0, 1], crop_width=CROP,
-                                     device=torch.device("cpu"), batch_size=batch_size)
+    result = recording_scores(WindowScorer(), store, [1, 0, 1], crop_width=CROP,
+                              device=torch.device("cpu"), batch_size=batch_size)
     assert result.shape == (3, 3) and result.dtype == np.float64
     np.testing.assert_allclose(result, [expected_long, expected_short, expected_long], rtol=1e-5)
 

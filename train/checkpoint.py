@@ -26,7 +26,6 @@ Checkpoints saved before checksums (version 1) still load, with a warning on std
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from soundception.shared.files import atomic_write
 from soundception.train.config import UserError
 
 # 2: carries "checksums"; 1: saved before checksums (still loaded, unverified, with a warning)
@@ -113,11 +113,9 @@ def payload_checksums(payload: dict[str, Any]) -> dict[str, Any]:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (tensors and plain values only) with its checksums atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
     payload = {"checkpoint_version": CHECKPOINT_VERSION, **payload}
-    torch.save({**payload, "checksums": payload_checksums(payload)}, temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as handle:
+        torch.save({**payload, "checksums": payload_checksums(payload)}, handle)
     return path
 
 

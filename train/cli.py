@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from soundception.shared.errors import Interrupted, command_errors
-from soundception.shared.text import parse_json_option
+from soundception.shared.text import JSON_OBJECT
 from soundception.train.config import OPTIMIZERS, RunConfig, explain_error
 
 # every default comes from the config's fields (read without building one: that would import torch)
@@ -21,13 +21,6 @@ DEFAULT = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 STAGE1, STAGE2 = DEFAULT["stage1"], DEFAULT["stage2"]
 
 T = TypeVar("T")
-
-
-def _json_option(text: str | None, name: str) -> dict | None:
-    try:
-        return parse_json_option(text, name)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint=name) from None
 
 
 def train_interrupted_message(out: str, step: int | None) -> str:
@@ -121,7 +114,7 @@ def _augment_option(spec: str) -> Any:
               help="Validate on at most N files during and after training (default: every validation file).")
 @click.option("--checkpoint-every", type=int, default=DEFAULT["checkpoint_every"], show_default=True)
 @click.option("--eval-batch-size", type=int, default=DEFAULT["eval_batch_size"], show_default=True)
-@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--storage-options", type=JSON_OBJECT, default=None, help="JSON dict of fsspec options for a URL store.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @command_errors(explain=explain_error)
 def train_command(store: str, out: str, resume: bool, backbone: str, pretrained: str | None, main_attention: str,
@@ -131,7 +124,7 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
                   multilabel: bool, balanced: bool, augment_spec: str, no_augment: bool, validation_fraction: float,
                   seed: int,
                   workers: int, device: str, compile_model: bool, log_every: int, eval_every: int,
-                  checkpoint_every: int, eval_batch_size: int, storage_options: str | None, no_progress: bool,
+                  checkpoint_every: int, eval_batch_size: int, storage_options: dict | None, no_progress: bool,
                   attention_hidden: int, dropout: float, min_lr_ratio: float, grad_clip: float,
                   eval_max_files: int | None, init_from: str | None) -> None:
     """Train Soundception on a feature store (stage 1: heads on a frozen backbone; stage 2: all)."""
@@ -139,8 +132,9 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
     from soundception.train.loop import train
 
     config = RunConfig(
-        store=store, out=out, storage_options=_json_option(storage_options, "--storage-options"),
-        backbone=backbone, pretrained=pretrained, init_from=init_from, main_attention=main_attention, aux_attention=aux_attention,
+        store=store, out=out, storage_options=storage_options,
+        backbone=backbone, pretrained=pretrained, init_from=init_from, main_attention=main_attention,
+        aux_attention=aux_attention,
         attention_hidden=attention_hidden, dropout=dropout,
         crop_seconds=crop_seconds, seed=seed, validation_fraction=validation_fraction, balanced=balanced,
         stage1=StageConfig(steps=stage1_steps, batch_size=stage1_batch_size, lr=stage1_lr,
@@ -168,15 +162,15 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
 @click.option("--device", default=DEFAULT["device"], show_default=True)
 @click.option("--batch-size", type=int, default=DEFAULT["eval_batch_size"], show_default=True,
               help="Windows per forward pass.")
-@click.option("--storage-options", default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--storage-options", type=JSON_OBJECT, default=None, help="JSON dict of fsspec options for a URL store.")
 @command_errors(interrupted="interrupted: no report written; rerun the same command (evaluation starts over)",
                 explain=explain_error)
 def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, device: str, batch_size: int,
-                     storage_options: str | None) -> None:
+                     storage_options: dict | None) -> None:
     """Evaluate a checkpoint: MAP, MAP with background species, top-1/top-5, class-wise mAP."""
     from soundception.train.evaluate import evaluate
 
-    options = _json_option(storage_options, "--storage-options")
+    options = storage_options
     report = evaluate(checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
                       storage_options=options)
     click.echo(json.dumps(report, indent=2))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from soundception.shared import files
 from soundception.shared.errors import UserError
 from soundception.shared.text import check_known_keys, redact_options
 
@@ -163,4 +164,4 @@ class RunConfig:
         return cls(**values)
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        files.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from soundception.shared import schema
+from soundception.shared.location import is_url, local_path, normalize
 from soundception.shared.reader import FeatureStore, StoreError
 from soundception.train.config import UserError
 
@@ -31,8 +31,9 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Featu
     Raises:
         StoreError: one line; a local path that does not exist or is a regular file is named as such.
     """
-    if "://" not in str(url):
-        path = Path(url)
+    url = normalize(url)
+    if not is_url(url):
+        path = local_path(url)
         if not path.exists():
             raise StoreError(f"{url} is not a readable Zarr feature store: no such file or folder")
         if not path.is_dir():

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from soundception.shared import files
 from soundception.shared.reader import FeatureStore, StoreError
 from soundception.train import metrics
 from soundception.train.checkpoint import load_checkpoint
@@ -28,9 +29,10 @@ from soundception.train.model import build_model
 from soundception.train.runtime import resolve_device
 
 
-def evaluate_model(model: torch.nn.Module, store: FeatureStore, indices: list[int] | np.ndarray, *,
-                   crop_width: int, device: torch.device, batch_size: int = 8) -> dict[str, float]:
-    """Metrics (:func:`train.metrics.report`) of ``model`` on the store files ``indices``.
+def recording_scores(model: torch.nn.Module, store: FeatureStore, indices: list[int] | np.ndarray, *,
+                     crop_width: int, device: torch.device, batch_size: int = 8) -> np.ndarray:
+    """Each file's score: the mean softmax over every window covering its image (paper 3.3),
+    float64 ``(len(indices), n_classes)``, in the order of ``indices``.
 
     Raises:
         CorruptChunk: a window of one of the files fails its chunk checksum (no score would be honest).
@@ -43,7 +45,16 @@ def evaluate_model(model: torch.nn.Module, store: FeatureStore, indices: list[in
         if scored.error:  # the reader hands a black window on; scoring it would bias the metrics silently
             raise_read_error(store, scored.index, scored.starts, crop_width, scored.error)
         rows.append(scored.recording_scores())
-    probabilities = np.stack(rows) if rows else np.zeros((0, len(store.classes)))
+    return np.stack(rows) if rows else np.zeros((0, len(store.classes)))
+
+
+def evaluate_model(model: torch.nn.Module, store: FeatureStore, indices: list[int] | np.ndarray, *,
+                   crop_width: int, device: torch.device, batch_size: int = 8) -> dict[str, float]:
+    """Metrics (:func:`train.metrics.report`) of ``model`` on the store files ``indices``, from
+    :func:`recording_scores` (same errors)."""
+    indices = [int(i) for i in indices]
+    probabilities = recording_scores(model, store, indices, crop_width=crop_width, device=device,
+                                     batch_size=batch_size)
     labels = store.table["label"][indices].astype(np.int64)
     every = store.background
     background = [every[i] for i in indices]
@@ -92,7 +103,7 @@ def write_report(out: str | Path, report: dict[str, Any] | None) -> None:
             with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe-"):
                 pass
         else:
-            out.write_text(json.dumps(report, indent=2) + "\n")
+            files.write_text(out, json.dumps(report, indent=2) + "\n")
     except OSError as error:
         raise UserError(f"cannot write the report {out}: {error.strerror or error}") from None
 

@@ -154,11 +154,3 @@ def _collect(position: int, index: int, pending: dict[str, list], attention: boo
     for values in pending.values():
         values.clear()
     return result
-
-
-def recording_probabilities(model: torch.nn.Module, store: FeatureStore, indices: Sequence[int], *, crop_width: int,
-                            device: torch.device, batch_size: int = 8, hop: int | None = None) -> np.ndarray:
-    """Mean softmax over each file's windows, float64 ``(len(indices), n_classes)`` (evaluation's scores)."""
-    rows = [f.recording_scores() for f in file_windows(model, store, indices, width=crop_width, hop=hop,
-                                                        device=device, batch_size=batch_size, attention=False)]
-    return np.stack(rows) if rows else np.zeros((0, len(store.classes)))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from soundception.shared import schema
+from soundception.shared.files import atomic_write
 from soundception.shared.progress import Progress
 from soundception.shared.reader import FeatureStore
 from soundception.train import tables
@@ -118,13 +119,10 @@ def journal_path(out: Path, file_id: str) -> Path:
 def write_journal(out: Path, key: str, prediction: Prediction) -> None:
     """Atomically write one recording's entry (a temporary file renamed into place)."""
     path = journal_path(out, prediction.file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")  # not *.npz: only complete entries carry that name
-    with open(temporary, "wb") as handle:
+    with atomic_write(path) as handle:  # its temporary name is not *.npz: only complete entries carry that name
         np.savez(handle, key=np.array(key), file_id=np.array(prediction.file), path=np.array(prediction.path),
                  duration=np.array(prediction.duration), scores=prediction.scores, segments=prediction.segments,
                  segment_scores=prediction.segment_scores, bands=prediction.bands)
-    os.replace(temporary, path)
 
 
 def read_journal(out: Path, file_id: str, key: str) -> Prediction | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from soundception.shared.allocator import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 from soundception.train.config import UserError
 
 
@@ -93,10 +94,6 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-
-
 def bound_heap(*, mmap_threshold: int = 4 << 20, trim_threshold: int = 64 << 20, arena_max: int = 2) -> bool:
     """Keep a long CPU inference's heap from growing with time (glibc only; elsewhere nothing happens).
 
@@ -106,17 +103,4 @@ def bound_heap(*, mmap_threshold: int = 4 << 20, trim_threshold: int = 64 << 20,
     threshold returns large blocks to the kernel when freed, and two arenas stop the model's
     threads from each keeping a heap of their own. Returns True when the settings were applied.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
-        return False
-    return all(mallopt(option, value) == 1 for option, value in
-               ((M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold), (M_ARENA_MAX, arena_max)))
-
+    return mallopt({M_MMAP_THRESHOLD: mmap_threshold, M_TRIM_THRESHOLD: trim_threshold, M_ARENA_MAX: arena_max})

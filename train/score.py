@@ -6,7 +6,8 @@ predicted species of a query, at most 100 lines per query. Two kinds, told apart
 
 * recording run ``MediaId;ClassId;Probability;Rank``: a query is a recording;
 * segment (soundscape) run ``MediaId;TC1-TC2;ClassId;Probability``, TC as ``hh:mm:ss``
-  (e.g. ``00:00:05-00:00:10``): a query is one (MediaId, time code) segment.
+  (e.g. ``00:00:05-00:00:10``): a query is one (MediaId, time code) segment; time codes are read
+  and compared as :mod:`train.timecode` writes them.
 
 The truth is a CSV with a header naming the columns ``MediaId``, ``ClassId``, optionally
 ``BackgroundClassIds`` (``;``-separated) and, for segment runs, ``TC``. A query may have several
@@ -23,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,11 @@ import numpy as np
 
 from soundception.shared.errors import UserError, command_errors
 from soundception.train.metrics import average_precision
+from soundception.train.timecode import canonical_tc
 
 MAX_SPECIES_PER_QUERY = 100  # the challenge's rule
 RUN_KINDS = ("recording", "segment")
 TRUTH_COLUMNS = ("MediaId", "ClassId", "BackgroundClassIds", "TC")
-_CLOCK = re.compile(r"(\d{2,}):([0-5]\d):([0-5]\d)")
 
 QueryKey = tuple[str, "str | None"]  # (MediaId, TC or None for recordings)
 RunRow = tuple[str, "str | None", str, float, "int | None"]  # (MediaId, TC, ClassId, Probability, Rank)
@@ -47,47 +47,7 @@ class ScoreFileError(UserError):
     """A run file or truth file that cannot be scored; the message names the file and the line."""
 
 
-# ----------------------------------------------------------------------------------- time codes
-
-def _clock(seconds: int) -> str:
-    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def format_tc(start_s: float, end_s: float) -> str:
-    """``hh:mm:ss-hh:mm:ss`` for a segment from ``start_s`` to ``end_s`` seconds.
-
-    Both are rounded to whole seconds, halves up; hours have at least two digits and may pass 24.
-
-    Raises:
-        ValueError: a time that is negative or not finite, or an end not after the start once rounded.
-    """
-    if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0:
-        raise ValueError(f"segment times must be finite and >= 0, got {start_s} to {end_s}")
-    start, end = math.floor(start_s + 0.5), math.floor(end_s + 0.5)
-    if end <= start:
-        raise ValueError(f"segment {start_s} to {end_s} s ends before it starts once rounded to seconds")
-    return f"{_clock(start)}-{_clock(end)}"
-
-
-def parse_tc(text: str) -> tuple[float, float]:
-    """``(start_s, end_s)`` in seconds from ``hh:mm:ss-hh:mm:ss`` (hours two digits or more).
-
-    Raises:
-        ValueError: any other form, minutes or seconds above 59, or an end not after the start.
-    """
-    parts = text.strip().split("-")
-    clocks = [_CLOCK.fullmatch(part) for part in parts]
-    if len(parts) != 2 or not all(clocks):
-        raise ValueError(f"time code {text!r} is not hh:mm:ss-hh:mm:ss")
-    start, end = (int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in (c.groups() for c in clocks))
-    if end <= start:
-        raise ValueError(f"time code {text!r} does not end after it starts")
-    return float(start), float(end)
-
-
-def _canonical_tc(text: str) -> str:
-    return format_tc(*parse_tc(text))
-
+# ----------------------------------------------------------------------------------- queries
 
 def query_label(key: QueryKey) -> str:
     """A query as the run file writes it: ``MediaId`` or ``MediaId;TC``."""
@@ -133,7 +93,7 @@ def _parse_run_line(fields: list[str], kind: str) -> RunRow:
         raise ValueError(f"a {_run_kind(fields)} line in a {kind} run file")
     if kind == "segment":
         media_id, tc_text, class_id, probability_text = fields
-        tc, rank = _canonical_tc(tc_text), None
+        tc, rank = canonical_tc(tc_text), None
     else:
         media_id, class_id, probability_text, rank_text = fields
         if not (rank_text.isascii() and rank_text.isdigit()) or int(rank_text) < 1:
@@ -241,7 +201,7 @@ def _parse_truth_line(fields: list[str], header: list[str]) -> tuple[QueryKey, s
     record = {name: value.strip() for name, value in zip(header, fields)}
     if not record["MediaId"]:
         raise ValueError("empty MediaId")
-    key = (record["MediaId"], _canonical_tc(record["TC"]) if "TC" in record else None)
+    key = (record["MediaId"], canonical_tc(record["TC"]) if "TC" in record else None)
     background = {c.strip() for c in record.get("BackgroundClassIds", "").split(";") if c.strip()}
     return key, record["ClassId"], background
 

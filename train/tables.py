@@ -1,6 +1,8 @@
 """Prediction tables in the layouts other tools open: CSV, Raven Pro, Audacity, BirdCLEF run files.
 
 Every writer has a reader that parses its file back to the same rows; the tests hold them to it.
+The readers (:func:`read_csv`, :func:`read_raven`, :func:`read_audacity`) are public API: they load
+a run's tables back into :class:`Detection` rows for a user's own analysis.
 Numbers are written once, rounded: times to the millisecond, scores to 6 decimals, frequencies to
 0.1 Hz. Rows are :class:`Detection`, one per (file, time span, species).
 
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from soundception.shared import files
+from soundception.train.timecode import format_tc
 
 FORMATS = ("csv", "raven", "audacity", "birdclef")
 CSV_COLUMNS = ("file", "start_s", "end_s", "class_id", "class_name", "score", "rank")
@@ -62,15 +65,6 @@ class Detection:
 
 def _number(value: float, digits: int) -> str:
     return repr(round(float(value), digits))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def table_name(file_id: str, suffix: str) -> str:
@@ -163,17 +157,6 @@ def read_audacity(path: str | Path, file_id: str) -> list[Detection]:
 # ------------------------------------------------------------------------------------------- birdclef
 
 
-def hhmmss(seconds: float) -> str:
-    """Whole seconds as ``hh:mm:ss`` (hours keep counting past 24)."""
-    total = int(round(seconds))
-    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def time_code(start_s: float, end_s: float) -> str:
-    """BirdCLEF's ``hh:mm:ss-hh:mm:ss`` for a segment: start rounded down, end up (a short last one stays non-empty)."""
-    return f"{hhmmss(math.floor(start_s + 1e-6))}-{hhmmss(math.ceil(end_s - 1e-6))}"
-
-
 def birdclef_recording_text(rows: Iterable[Detection], media_ids: dict[str, str]) -> str:
     """``MediaId;ClassId;Probability;Rank``, at most 100 species per recording."""
     return "".join(f"{media_ids[r.file]};{r.class_id};{_number(r.score, 6)};{r.rank}\n"
@@ -182,7 +165,7 @@ def birdclef_recording_text(rows: Iterable[Detection], media_ids: dict[str, str]
 
 def birdclef_segment_text(rows: Iterable[Detection], media_ids: dict[str, str]) -> str:
     """``MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability``, at most 100 species per segment."""
-    return "".join(f"{media_ids[r.file]};{time_code(r.start_s, r.end_s)};{r.class_id};{_number(r.score, 6)}\n"
+    return "".join(f"{media_ids[r.file]};{format_tc(r.start_s, r.end_s)};{r.class_id};{_number(r.score, 6)}\n"
                    for r in rows if r.rank <= BIRDCLEF_MAX_SPECIES)
 
 
@@ -203,6 +186,6 @@ def media_ids(files: Sequence[str]) -> dict[str, str]:
 
 
 def write_file(path: Path, text: str) -> Path:
-    """Atomically write one table (see :func:`_atomic_write`); returns ``path``."""
-    _atomic_write(path, text)
-    return path
+    """Atomically write one table (:func:`soundception.shared.files.write_text`): never a half-written
+    table; returns ``path``."""
+    return files.write_text(path, text)

@@ -58,12 +58,6 @@ class TrainedModel:
                             f"({changed}); featurize it with the checkpoint's config "
                             f"(soundception featurize --config featurizer_config.json)")
 
-    def check_classes(self, store: Any) -> None:
-        """Refuse a store whose class list differs from the checkpoint's (labels would not line up)."""
-        if store.classes != self.classes:
-            raise UserError(f"{store.url} has classes {store.classes[:5]}..., the checkpoint was trained on "
-                            f"{self.classes[:5]}... ({len(self.classes)} classes)")
-
 
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Read a checkpoint written by training and build its model on ``device`` in eval mode.
