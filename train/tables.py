@@ -15,13 +15,15 @@ Numbers are written once, rounded: times to the millisecond, scores to 6 decimal
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 FORMATS = ("csv", "raven", "audacity", "birdclef")
 CSV_COLUMNS = ("file", "start_s", "end_s", "class_id", "class_name", "score", "rank")
@@ -64,13 +66,25 @@ def _number(value: float, digits: int) -> str:
     return repr(round(float(value), digits))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written table."""
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[TextIO]:
+    """A table opened for writing in pieces: the text goes to a temporary file that is renamed to
+    ``path`` when the block ends, and removed if it raises, so ``path`` is never half written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written table."""
+    with atomic_open(path) as handle:
+        handle.write(text)
 
 
 def table_name(file_id: str, suffix: str) -> str:
@@ -81,10 +95,12 @@ def table_name(file_id: str, suffix: str) -> str:
 # ------------------------------------------------------------------------------------------------ csv
 
 
-def csv_text(rows: Iterable[Detection]) -> str:
+def csv_text(rows: Iterable[Detection], *, header: bool = True) -> str:
+    """``predictions.csv``'s text; ``header=False`` gives only the rows, to append to a table being written."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    if header:
+        writer.writerow(CSV_COLUMNS)
     for r in rows:
         writer.writerow([r.file, _number(r.start_s, 3), _number(r.end_s, 3), r.class_id, r.class_name,
                          _number(r.score, 6), r.rank])
@@ -103,19 +119,21 @@ def read_csv(path: str | Path) -> list[Detection]:
 # ---------------------------------------------------------------------------------------------- raven
 
 
-def raven_text(rows: Sequence[Detection], *, offsets: dict[str, float] | None = None) -> str:
+def raven_text(rows: Sequence[Detection], *, offsets: dict[str, float] | None = None, header: bool = True,
+               first_selection: int = 1) -> str:
     """A Raven Pro selection table. ``offsets``: file -> where that file begins in a combined table, s.
 
     In a per-recording table Begin Time equals File Offset; in a combined table Begin Time is
     counted from the start of the first recording (files laid end to end), as Raven expects.
+    ``header=False`` and ``first_selection`` give rows to append to a table being written.
     """
-    lines = ["\t".join(RAVEN_COLUMNS)]
-    for selection, r in enumerate(rows, start=1):
+    lines = ["\t".join(RAVEN_COLUMNS)] if header else []
+    for selection, r in enumerate(rows, start=first_selection):
         shift = (offsets or {}).get(r.file, 0.0)
         lines.append("\t".join([str(selection), "Spectrogram 1", "1", _number(r.start_s + shift, 3),
                                 _number(r.end_s + shift, 3), _number(r.low_hz, 1), _number(r.high_hz, 1),
                                 r.class_name, _number(r.score, 6), r.path, _number(r.start_s, 3)]))
-    return "\n".join(lines) + "\n"
+    return "".join(line + "\n" for line in lines)
 
 
 def read_raven(path: str | Path, *, files: dict[str, str] | None = None) -> list[Detection]:
