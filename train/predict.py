@@ -4,8 +4,9 @@ The work is listed first, recordings already predicted are dropped, then the res
 :func:`train.inference.file_windows`::
 
     OUT/journal/<hash>.npz   one file per predicted recording (:mod:`train.journal`), written
-                             atomically as it finishes: its key, recording scores and (with --segments) segment scores. A rerun
-                             skips every recording whose key matches; a crash loses nothing written.
+                             atomically as it finishes: its key, recording scores and (with
+                             --segments) segment scores. A rerun skips every recording whose key
+                             matches; a crash loses nothing written.
     OUT/predictions.csv, OUT/raven/, OUT/audacity/, OUT/birdclef/
                              the chosen formats (:mod:`train.tables`), rebuilt from the journal at
                              the end of every run, one entry at a time (memory does not grow with
