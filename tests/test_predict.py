@@ -71,6 +71,15 @@ def test_audio_as_wav_and_mp3_gives_the_store_paths_answers(trained_run, tmp_pat
             assert float(r["score"]) == pytest.approx(store_scores[(Path(r["file"]).stem, r["class_id"])], abs=2e-6)
     # the featurizer config beside the predictions reproduces the checkpoint's store config
     assert json.loads((tmp_path / "from_audio" / "featurizer_config.json").read_text()) == trained_run.config.to_dict()
+    # the scratch store opens in xarray quietly: its metadata was consolidated after the run's last change
+    import warnings
+
+    import xarray
+
+    (scratch,) = (tmp_path / "from_audio" / "stores").glob("*.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert xarray.open_zarr(scratch).sizes["file"] == 2 * len(chosen)
 
 
 def test_segments_tile_each_recording_once_in_original_time(trained_run, tmp_path):
