@@ -369,3 +369,16 @@ def test_a_birdclef_run_scores_the_same_map_as_evaluate(trained_run, tmp_path):
     assert with_background["map"] == pytest.approx(evaluated["map_background"], abs=1e-9)
     result = CliRunner().invoke(main, ["score", str(tmp_path / "birdclef" / "recordings.txt"), str(truth)])
     assert result.exit_code == 0 and f"{evaluated['map']:.4f}"[:5] in result.output
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda:7", "meta", "nonsense"])
+def test_a_device_this_machine_lacks_is_one_line_and_exit_1(trained_run, tmp_path, device):
+    import torch
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run.checkpoint), "--store",
+                                       trained_run.store, "--out", str(tmp_path / "out"), "--device", device])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: --device {device}: ") and result.output.count("\n") == 1, result.output
+    assert "unexpected" not in result.output and not (tmp_path / "out").exists()
