@@ -382,3 +382,20 @@ def test_a_device_this_machine_lacks_is_one_line_and_exit_1(trained_run, tmp_pat
     assert result.exit_code == 1, result.output
     assert result.output.startswith(f"Error: --device {device}: ") and result.output.count("\n") == 1, result.output
     assert "unexpected" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, path", [("Turdus\tmerula", "/a/b.wav"), ("Turdus merula\n", "/a/b.wav"),
+                                        ("Turdus merula", "/a/b\tc.wav"), ("Turdus merula", "/a/b\r.wav")])
+def test_raven_and_audacity_refuse_a_tab_or_line_break_in_one_line_naming_it(name, path):
+    row = tables.Detection("b.wav", 0.0, 5.0, "turmer", name, 0.5, 1, 0.0, 11025.0, path)
+    bad = name if name != "Turdus merula" else path
+    with pytest.raises(UserError, match="contains a tab or a line break") as raised:
+        tables.raven_text([row])
+    assert repr(bad) in str(raised.value) and "\n" not in str(raised.value)
+    if bad == name:
+        with pytest.raises(UserError, match="an Audacity label track"):
+            tables.audacity_text([row])
+    else:  # the path is not in a label track
+        assert tables.audacity_text([row]).count("\n") == 1
+    fine = tables.Detection("b.wav", 0.0, 5.0, "turmer", "Turdus merula; 'ssp.'", 0.5, 1, 0.0, 11025.0, "/a/b c.wav")
+    assert tables.raven_text([fine]).count("\n") == 2 and tables.audacity_text([fine]).count("\n") == 1

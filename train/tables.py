@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from soundception.shared.errors import UserError
+
 FORMATS = ("csv", "raven", "audacity", "birdclef")
 CSV_COLUMNS = ("file", "start_s", "end_s", "class_id", "class_name", "score", "rank")
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
@@ -87,6 +89,14 @@ def _atomic_write(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _plain(value: str, what: str, table: str) -> str:
+    """``value`` unchanged, or a one-line refusal if it holds a tab or a line break: tab-separated tables
+    have no escape for either (Raven Pro's selection tables define none), so the row would split."""
+    if "\t" in value or (value and value.splitlines() != [value]):  # any break a reader's splitlines() sees
+        raise UserError(f"{what} {value!r} contains a tab or a line break, which {table} cannot hold")
+    return value
+
+
 def table_name(file_id: str, suffix: str) -> str:
     """A per-recording table's path under its format's folder: the file id's folders are kept."""
     return f"{file_id}{suffix}"
@@ -132,7 +142,8 @@ def raven_text(rows: Sequence[Detection], *, offsets: dict[str, float] | None = 
         shift = (offsets or {}).get(r.file, 0.0)
         lines.append("\t".join([str(selection), "Spectrogram 1", "1", _number(r.start_s + shift, 3),
                                 _number(r.end_s + shift, 3), _number(r.low_hz, 1), _number(r.high_hz, 1),
-                                r.class_name, _number(r.score, 6), r.path, _number(r.start_s, 3)]))
+                                _plain(r.class_name, "class name", "a Raven selection table"), _number(r.score, 6),
+                                _plain(r.path, "file path", "a Raven selection table"), _number(r.start_s, 3)]))
     return "".join(line + "\n" for line in lines)
 
 
@@ -163,7 +174,8 @@ def read_raven(path: str | Path, *, files: dict[str, str] | None = None) -> list
 
 def audacity_text(rows: Iterable[Detection]) -> str:
     """An Audacity label track: ``start<TAB>end<TAB>species score`` per line, no header."""
-    return "".join(f"{_number(r.start_s, 3)}\t{_number(r.end_s, 3)}\t{r.class_name} {_number(r.score, 6)}\n"
+    return "".join(f"{_number(r.start_s, 3)}\t{_number(r.end_s, 3)}\t"
+                   f"{_plain(r.class_name, 'class name', 'an Audacity label track')} {_number(r.score, 6)}\n"
                    for r in rows)
 
 
@@ -216,7 +228,7 @@ def media_ids(files: Sequence[str]) -> dict[str, str]:
     chosen = {f: (stem if counts[stem] == 1 else f) for f, stem in stems.items()}
     bad = [f for f, m in chosen.items() if ";" in m]
     if bad:
-        raise ValueError(f"file id {bad[0]!r} contains ';', which a BirdCLEF run file cannot hold")
+        raise UserError(f"file id {bad[0]!r} contains ';', which a BirdCLEF run file cannot hold")
     return chosen
 
 
