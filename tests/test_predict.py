@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -209,26 +210,62 @@ def test_every_table_parses_back_to_the_same_rows(trained_run, tmp_path):
     assert len(recordings.rows) == len(store.ids) * 3  # every species listed for every recording (3 < 100)
 
 
+HOLD_THIRD_ENTRY = """
+# on the predictor's PYTHONPATH: its third journal entry is written only once the file named by
+# SOUNDCEPTION_TEST_RELEASE exists (SOUNDCEPTION_TEST_HELD is created when it starts waiting), so the
+# test kills a run that has written exactly two entries, however fast the machine is
+import os
+import time
+
+import soundception.train.predict as predict
+
+_write = predict.write_journal
+_count = [0]
+
+
+def _held_write(*args, **kwargs):
+    _count[0] += 1
+    if _count[0] == 3:
+        open(os.environ["SOUNDCEPTION_TEST_HELD"], "w").close()
+        while not os.path.exists(os.environ["SOUNDCEPTION_TEST_RELEASE"]):
+            time.sleep(0.05)
+    return _write(*args, **kwargs)
+
+
+predict.write_journal = _held_write
+"""
+
+
 def test_a_killed_run_resumes_without_predicting_anything_twice(trained_run, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "soundception", "predict", "--checkpoint", str(trained_run.checkpoint),
-               "--store", trained_run.store, "--out", str(out), "--hop", "0.05", "--batch-size", "1",
-               "--device", "cpu", "--no-progress"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None and len(list((out / "journal").glob("*.npz"))) < 2:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+               "--store", trained_run.store, "--out", str(out), "--device", "cpu", "--no-progress"]
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(HOLD_THIRD_ENTRY)
+    held, release = tmp_path / "held", tmp_path / "release"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hold), os.environ.get("PYTHONPATH", "")]),
+                   "SOUNDCEPTION_TEST_HELD": str(held), "SOUNDCEPTION_TEST_RELEASE": str(release)}
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment)
+    try:
+        deadline = time.monotonic() + 300  # a bound on a hang, not a wait on speed: the third entry is held
+        while time.monotonic() < deadline and process.poll() is None and not held.exists():
+            time.sleep(0.05)
+        assert held.exists() and process.poll() is None, "the predictor should be waiting on its third entry"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        release.touch()
+        process.kill()
     journal = {p: p.stat().st_mtime_ns for p in (out / "journal").glob("*.npz")}
-    assert 2 <= len(journal) < 18, "the kill should land mid-run"
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert len(journal) == 2, "the kill lands after two entries"
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)  # no hold this time
     assert f"predicted {18 - len(journal)} recording(s), {len(journal)} already done" in result.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in journal.items())  # nothing predicted twice
     rows = csv_rows(out / "predictions.csv")
     clean = tmp_path / "clean"
-    predict_store(trained_run.checkpoint, trained_run.store, clean, PredictOptions(hop_seconds=0.05, device="cpu"),
-                  progress=False)
+    predict_store(trained_run.checkpoint, trained_run.store, clean, PredictOptions(device="cpu"), progress=False)
     assert rows == csv_rows(clean / "predictions.csv")  # the resumed run lost nothing
     settings = json.loads((out / "settings.json").read_text())
     assert settings["reused"] == len(journal) and len(settings["checkpoint_sha256"]) == 64
