@@ -333,5 +333,6 @@ def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: s
              storage_options=storage_options, progress=progress, check=lock.check)
     lock.check()
     record_fingerprints(group, {i: f for i, f in fingerprints.items() if i in rows})
+    store_io.consolidate(group)  # the attributes this run wrote (sources, audio_root) rewrote the group's metadata
     summary.seconds = time.perf_counter() - started
     return summary

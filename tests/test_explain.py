@@ -214,3 +214,34 @@ def test_explain_command_from_audio_and_from_store_draw_the_same_window(run, tmp
     refused = CliRunner().invoke(main, ["explain", "--checkpoint", str(trained_run.checkpoint), "--out",
                                         str(tmp_path / "x.png")])
     assert refused.exit_code == 2 and "give either AUDIO or both --store and --file" in refused.output
+
+
+def test_explain_from_audio_reads_the_checkpoint_once_and_leaves_only_the_picture(run, tmp_path, monkeypatch):
+    import tempfile
+
+    import torch
+    from click.testing import CliRunner
+
+    from soundception.cli import main
+
+    trained_run = run[0]
+    audio = tmp_path / "audio" / "one.flac"
+    audio.parent.mkdir()
+    shutil.copy(trained_run.audio / "sp01/XC000008.flac", audio)
+    reads, load = [], torch.load
+
+    def counted_load(path, *args, **kwargs):  # the real torch.load, counted per checkpoint read
+        reads.append(str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted_load)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))
+    (tmp_path / "system-tmp").mkdir()
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    result = CliRunner().invoke(main, ["explain", "--checkpoint", str(trained_run.checkpoint), str(audio),
+                                       "--out", str(pictures / "one.png")])
+    assert result.exit_code == 0, result.output
+    assert reads.count(str(trained_run.checkpoint)) == 1
+    assert [p.name for p in pictures.iterdir()] == ["one.png"]  # no scratch store beside the picture
+    assert list((tmp_path / "system-tmp").iterdir()) == [] and [p.name for p in audio.parent.iterdir()] == ["one.flac"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,6 +73,15 @@ def test_audio_as_wav_and_mp3_gives_the_store_paths_answers(trained_run, tmp_pat
             assert float(r["score"]) == pytest.approx(store_scores[(Path(r["file"]).stem, r["class_id"])], abs=2e-6)
     # the featurizer config beside the predictions reproduces the checkpoint's store config
     assert json.loads((tmp_path / "from_audio" / "featurizer_config.json").read_text()) == trained_run.config.to_dict()
+    # the scratch store opens in xarray quietly: its metadata was consolidated after the run's last change
+    import warnings
+
+    import xarray
+
+    (scratch,) = (tmp_path / "from_audio" / "stores").glob("*.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert xarray.open_zarr(scratch).sizes["file"] == 2 * len(chosen)
 
 
 def test_segments_tile_each_recording_once_in_original_time(trained_run, tmp_path):
@@ -195,26 +205,62 @@ def test_every_table_parses_back_to_the_same_rows(trained_run, tmp_path):
     assert len(recordings.rows) == len(store.ids) * 3  # every species listed for every recording (3 < 100)
 
 
+HOLD_THIRD_ENTRY = """
+# on the predictor's PYTHONPATH: its third journal entry is written only once the file named by
+# SOUNDCEPTION_TEST_RELEASE exists (SOUNDCEPTION_TEST_HELD is created when it starts waiting), so the
+# test kills a run that has written exactly two entries, however fast the machine is
+import os
+import time
+
+import soundception.train.predict as predict
+
+_write = predict.write_journal
+_count = [0]
+
+
+def _held_write(*args, **kwargs):
+    _count[0] += 1
+    if _count[0] == 3:
+        open(os.environ["SOUNDCEPTION_TEST_HELD"], "w").close()
+        while not os.path.exists(os.environ["SOUNDCEPTION_TEST_RELEASE"]):
+            time.sleep(0.05)
+    return _write(*args, **kwargs)
+
+
+predict.write_journal = _held_write
+"""
+
+
 def test_a_killed_run_resumes_without_predicting_anything_twice(trained_run, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "soundception", "predict", "--checkpoint", str(trained_run.checkpoint),
-               "--store", trained_run.store, "--out", str(out), "--hop", "0.05", "--batch-size", "1",
-               "--device", "cpu", "--no-progress"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None and len(list((out / "journal").glob("*.npz"))) < 2:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+               "--store", trained_run.store, "--out", str(out), "--device", "cpu", "--no-progress"]
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(HOLD_THIRD_ENTRY)
+    held, release = tmp_path / "held", tmp_path / "release"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hold), os.environ.get("PYTHONPATH", "")]),
+                   "SOUNDCEPTION_TEST_HELD": str(held), "SOUNDCEPTION_TEST_RELEASE": str(release)}
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment)
+    try:
+        deadline = time.monotonic() + 300  # a bound on a hang, not a wait on speed: the third entry is held
+        while time.monotonic() < deadline and process.poll() is None and not held.exists():
+            time.sleep(0.05)
+        assert held.exists() and process.poll() is None, "the predictor should be waiting on its third entry"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        release.touch()
+        process.kill()
     journal = {p: p.stat().st_mtime_ns for p in (out / "journal").glob("*.npz")}
-    assert 2 <= len(journal) < 18, "the kill should land mid-run"
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert len(journal) == 2, "the kill lands after two entries"
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)  # no hold this time
     assert f"predicted {18 - len(journal)} recording(s), {len(journal)} already done" in result.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in journal.items())  # nothing predicted twice
     rows = csv_rows(out / "predictions.csv")
     clean = tmp_path / "clean"
-    predict_store(trained_run.checkpoint, trained_run.store, clean, PredictOptions(hop_seconds=0.05, device="cpu"),
-                  progress=False)
+    predict_store(trained_run.checkpoint, trained_run.store, clean, PredictOptions(device="cpu"), progress=False)
     assert rows == csv_rows(clean / "predictions.csv")  # the resumed run lost nothing
     settings = json.loads((out / "settings.json").read_text())
     assert settings["reused"] == len(journal) and len(settings["checkpoint_sha256"]) == 64
@@ -355,3 +401,33 @@ def test_a_birdclef_run_scores_the_same_map_as_evaluate(trained_run, tmp_path):
     assert with_background["map"] == pytest.approx(evaluated["map_background"], abs=1e-9)
     result = CliRunner().invoke(main, ["score", str(tmp_path / "birdclef" / "recordings.txt"), str(truth)])
     assert result.exit_code == 0 and f"{evaluated['map']:.4f}"[:5] in result.output
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda:7", "meta", "nonsense"])
+def test_a_device_this_machine_lacks_is_one_line_and_exit_1(trained_run, tmp_path, device):
+    import torch
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run.checkpoint), "--store",
+                                       trained_run.store, "--out", str(tmp_path / "out"), "--device", device])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: --device {device}: ") and result.output.count("\n") == 1, result.output
+    assert "unexpected" not in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, path", [("Turdus\tmerula", "/a/b.wav"), ("Turdus merula\n", "/a/b.wav"),
+                                        ("Turdus merula", "/a/b\tc.wav"), ("Turdus merula", "/a/b\r.wav")])
+def test_raven_and_audacity_refuse_a_tab_or_line_break_in_one_line_naming_it(name, path):
+    row = tables.Detection("b.wav", 0.0, 5.0, "turmer", name, 0.5, 1, 0.0, 11025.0, path)
+    bad = name if name != "Turdus merula" else path
+    with pytest.raises(UserError, match="contains a tab or a line break") as raised:
+        tables.raven_text([row])
+    assert repr(bad) in str(raised.value) and "\n" not in str(raised.value)
+    if bad == name:
+        with pytest.raises(UserError, match="an Audacity label track"):
+            tables.audacity_text([row])
+    else:  # the path is not in a label track
+        assert tables.audacity_text([row]).count("\n") == 1
+    fine = tables.Detection("b.wav", 0.0, 5.0, "turmer", "Turdus merula; 'ssp.'", 0.5, 1, 0.0, 11025.0, "/a/b c.wav")
+    assert tables.raven_text([fine]).count("\n") == 2 and tables.audacity_text([fine]).count("\n") == 1

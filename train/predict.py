@@ -3,12 +3,14 @@
 The work is listed first, recordings already predicted are dropped, then the rest stream through
 :func:`train.inference.file_windows`::
 
-    OUT/journal/<hash>.npz   one file per predicted recording, written atomically as it finishes:
-                             its key, recording scores and (with --segments) segment scores. A rerun
-                             skips every recording whose key matches; a crash loses nothing written.
+    OUT/journal/<hash>.npz   one file per predicted recording (:mod:`train.journal`), written
+                             atomically as it finishes: its key, recording scores and (with
+                             --segments) segment scores. A rerun skips every recording whose key
+                             matches; a crash loses nothing written.
     OUT/predictions.csv, OUT/raven/, OUT/audacity/, OUT/birdclef/
                              the chosen formats (:mod:`train.tables`), rebuilt from the journal at
-                             the end of every run, so they always hold every predicted recording.
+                             the end of every run, one entry at a time (memory does not grow with
+                             the number of recordings), so they always hold every predicted recording.
     OUT/failures.csv         file,stage,error: recordings that could not be featurized or read.
     OUT/settings.json        checkpoint (path, sha256, step), options, versions, counts, times.
 
@@ -21,33 +23,30 @@ and can change on a rerun without predicting again.
 from __future__ import annotations
 
 import csv
-import hashlib
+import contextlib
 import io
 import json
 import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from soundception.shared import schema
-from soundception.shared.files import atomic_write
 from soundception.shared.progress import Progress
 from soundception.shared.reader import FeatureStore
 from soundception.train import tables
+from soundception.train.journal import JOURNAL_VERSION, Prediction, holds, read_journal, write_journal
 from soundception.train.config import UserError
 from soundception.train.embeddings import open_embeddings, write_file_embeddings, written
 from soundception.train.inference import FileWindows, file_windows
 from soundception.train.runtime import bound_heap, resolve_device
 from soundception.train.segments import segment_scores
 from soundception.train.trained import TrainedModel, load_trained_model
-
-JOURNAL_VERSION = 1
-
 
 @dataclass(frozen=True)
 class PredictOptions:
@@ -89,54 +88,7 @@ class PredictOptions:
             raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size} and {self.workers}")
 
 
-@dataclass
-class Prediction:
-    """One recording's answers, as kept in the journal.
-
-    Attributes:
-        file: file id; duration: original length, s; path: the audio's path (for Raven).
-        scores: float32 ``(n_classes,)`` mean window softmax.
-        segments: float64 ``(S, 2)`` segment bounds, s; segment_scores float32 ``(S, n_classes)``;
-            bands float64 ``(S, 2)`` low/high Hz (all ``(0, ...)`` without segments).
-    """
-
-    file: str
-    duration: float
-    path: str
-    scores: np.ndarray
-    segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    segment_scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
-    bands: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-
-
-# ---------------------------------------------------------------------------------------------- journal
-
-
-def journal_path(out: Path, file_id: str) -> Path:
-    return out / "journal" / (hashlib.sha1(file_id.encode("utf-8")).hexdigest()[:20] + ".npz")
-
-
-def write_journal(out: Path, key: str, prediction: Prediction) -> None:
-    """Atomically write one recording's entry (a temporary file renamed into place)."""
-    path = journal_path(out, prediction.file)
-    with atomic_write(path) as handle:  # its temporary name is not *.npz: only complete entries carry that name
-        np.savez(handle, key=np.array(key), file_id=np.array(prediction.file), path=np.array(prediction.path),
-                 duration=np.array(prediction.duration), scores=prediction.scores, segments=prediction.segments,
-                 segment_scores=prediction.segment_scores, bands=prediction.bands)
-
-
-def read_journal(out: Path, file_id: str, key: str) -> Prediction | None:
-    """The journal's entry for ``file_id`` if it was made with ``key``; ``None`` otherwise or if unreadable."""
-    path = journal_path(out, file_id)
-    try:
-        with np.load(path) as entry:
-            if str(entry["key"]) != key or str(entry["file_id"]) != file_id:
-                return None
-            return Prediction(file=file_id, duration=float(entry["duration"]), path=str(entry["path"]),
-                              scores=entry["scores"], segments=entry["segments"],
-                              segment_scores=entry["segment_scores"], bands=entry["bands"])
-    except (OSError, ValueError, KeyError, EOFError):  # missing, or cut short by a crash mid-write
-        return None
+# ------------------------------------------------------------------------------------------ the work
 
 
 def result_key(file_id: str, source: Mapping[str, Any], trained: TrainedModel, options: PredictOptions,
@@ -189,48 +141,62 @@ def detections(prediction: Prediction, trained: TrainedModel, *, top_k: int, min
     return rows
 
 
-def write_tables(out: Path, predictions: Sequence[Prediction], trained: TrainedModel,
-                 options: PredictOptions) -> list[Path]:
-    """Every chosen format from the given predictions (in order); returns the files written."""
+def write_tables(out: Path, entries: Mapping[str, str], trained: TrainedModel, options: PredictOptions) -> list[Path]:
+    """Every chosen format, streamed from the journal one recording at a time; returns the files written.
+
+    Args:
+        entries: file id -> journal key, in table order (every one must be in the journal).
+
+    Only one recording's :class:`Prediction` and rows are held at a time: tables that gather every
+    recording are appended to as the entries are read, and each is renamed into place at the end
+    (:func:`train.tables.atomic_open`), so a crash leaves the previous tables whole.
+    """
     segments = options.segment_seconds is not None
-    rows = {p.file: detections(p, trained, top_k=options.top_k, min_score=options.min_score, segments=segments)
-            for p in predictions}
-    everything = [r for p in predictions for r in rows[p.file]]
-    written = []
-    if "csv" in options.formats:
-        written.append(tables.write_file(out / "predictions.csv", tables.csv_text(everything)))
-    if "raven" in options.formats:
-        if options.combined:
-            offsets = dict(zip([p.file for p in predictions],
-                               np.concatenate([[0.0], np.cumsum([p.duration for p in predictions])[:-1]])))
-            written.append(tables.write_file(out / "raven" / "combined.selections.txt",
-                                             tables.raven_text(everything, offsets=offsets)))
-        else:
-            written += [tables.write_file(out / "raven" / tables.table_name(p.file, ".selections.txt"),
-                                          tables.raven_text(rows[p.file])) for p in predictions]
-    if "audacity" in options.formats:
-        written += [tables.write_file(out / "audacity" / tables.table_name(p.file, ".txt"),
-                                      tables.audacity_text(rows[p.file])) for p in predictions]
-    if "birdclef" in options.formats:
-        written += write_birdclef(out / "birdclef", predictions, trained, options)
-    return written
-
-
-def write_birdclef(folder: Path, predictions: Sequence[Prediction], trained: TrainedModel,
-                   options: PredictOptions) -> list[Path]:
-    """The challenge's run files: per recording always; per segment with whole-second ``--segments``."""
-    ids = tables.media_ids([p.file for p in predictions])
+    chosen = options.formats
+    whole_seconds = segments and float(options.segment_seconds).is_integer()
+    ids = tables.media_ids(list(entries)) if "birdclef" in chosen else {}
     top = tables.BIRDCLEF_MAX_SPECIES
-    # one recording's rows at a time: 100 species per 5 s segment of a long soundscape are many rows
-    recordings = "".join(tables.birdclef_recording_text(detections(p, trained, top_k=top, min_score=0.0,
-                                                                   segments=False), ids) for p in predictions)
-    written = [tables.write_file(folder / "recordings.txt", recordings)]
-    seconds = options.segment_seconds
-    if seconds is not None and float(seconds).is_integer():
-        segments = "".join(tables.birdclef_segment_text(detections(p, trained, top_k=top, min_score=0.0,
-                                                                   segments=True), ids) for p in predictions)
-        written.append(tables.write_file(folder / "segments.txt", segments))
-    return written
+    written: dict[str, list[Path]] = {name: [] for name in tables.FORMATS}
+    with contextlib.ExitStack() as stack:
+
+        def gathered(name: str, path: Path, header: str = "") -> Any:
+            written[name].append(path)
+            handle = stack.enter_context(tables.atomic_open(path))
+            handle.write(header)
+            return handle
+
+        csv_table = gathered("csv", out / "predictions.csv", tables.csv_text([])) if "csv" in chosen else None
+        combined = (gathered("raven", out / "raven" / "combined.selections.txt", tables.raven_text([]))
+                    if "raven" in chosen and options.combined else None)
+        recordings = gathered("birdclef", out / "birdclef" / "recordings.txt") if "birdclef" in chosen else None
+        segment_table = (gathered("birdclef", out / "birdclef" / "segments.txt")
+                         if recordings is not None and whole_seconds else None)
+        selections, offset = 0, 0.0
+        for file_id, key in entries.items():
+            prediction = read_journal(out, file_id, key)
+            if prediction is None:
+                raise UserError(f"{out / 'journal'}: the entry of {file_id!r} went missing or is unreadable; "
+                                "rerun the same command to predict it again")
+            rows = detections(prediction, trained, top_k=options.top_k, min_score=options.min_score, segments=segments)
+            if csv_table is not None:
+                csv_table.write(tables.csv_text(rows, header=False))
+            if combined is not None:  # recordings laid end to end, selections numbered on
+                combined.write(tables.raven_text(rows, offsets={file_id: offset}, header=False,
+                                                 first_selection=selections + 1))
+                selections, offset = selections + len(rows), offset + prediction.duration
+            elif "raven" in chosen:
+                written["raven"].append(tables.write_file(out / "raven" / tables.table_name(file_id, ".selections.txt"),
+                                                          tables.raven_text(rows)))
+            if "audacity" in chosen:
+                written["audacity"].append(tables.write_file(out / "audacity" / tables.table_name(file_id, ".txt"),
+                                                             tables.audacity_text(rows)))
+            if recordings is not None:  # BirdCLEF's MAP needs its 100 best species, whatever the filters
+                recordings.write(tables.birdclef_recording_text(
+                    detections(prediction, trained, top_k=top, min_score=0.0, segments=False), ids))
+            if segment_table is not None:
+                segment_table.write(tables.birdclef_segment_text(
+                    detections(prediction, trained, top_k=top, min_score=0.0, segments=True), ids))
+    return [path for name in tables.FORMATS for path in written[name]]
 
 
 def write_failures(out: Path, failures: Sequence[tuple[str, str, str]]) -> Path:
@@ -286,7 +252,7 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
     failed = list(failures)
     hop = hop_px(trained, options)
     audio_root = str(store.attrs.get("audio_root", ""))
-    keys, paths, todo, ready = {}, {}, [], {}
+    keys, paths, todo, done = {}, {}, [], set()
     group = None
     if embeddings is not None:
         group = open_embeddings(embeddings, wanted, features=trained.model.main_head[-1].in_features, attrs={
@@ -305,19 +271,18 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
                                                       "store_config": store.config_hash})
         paths[file_id] = str(source.pop("path", "") or os.path.join(audio_root, str(table["path"][index])))
         keys[file_id] = result_key(file_id, source, trained, options, hop)
-        previous = read_journal(out, file_id, keys[file_id])
-        if previous is None or (group is not None and not embedded.get(file_id)):
+        if not holds(out, file_id, keys[file_id]) or (group is not None and not embedded.get(file_id)):
             todo.append(index)
         else:
-            ready[file_id] = previous
+            done.add(file_id)
     out.mkdir(parents=True, exist_ok=True)
     (out / "featurizer_config.json").write_text(json.dumps(trained.featurizer_config.to_dict(), indent=2) + "\n")
-    reused = len(ready)
+    reused = len(done)
     rows = {file_id: row for row, file_id in enumerate(wanted)}
-    predicted = run_predictions(trained, store, todo, out, keys, paths, options, hop, failed, ready, progress,
+    predicted = run_predictions(trained, store, todo, out, keys, paths, options, hop, failed, done, progress,
                                 embedding_rows=(group, rows))
-    done = [ready[f] for f in wanted if f in ready]
-    table_files = write_tables(out, done, trained, options)
+    entries = {f: keys[f] for f in wanted if f in done}
+    table_files = write_tables(out, entries, trained, options)
     write_failures(out, failed)
     settings = {"checkpoint": str(trained.path), "checkpoint_sha256": trained.digest, "step": trained.step,
                 "config_hash": trained.config_hash, "store": store_url, "options": asdict(options),
@@ -327,15 +292,16 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                 "seconds": round(time.time() - started, 3)}
     tables.write_file(out / "settings.json", json.dumps(settings, indent=2) + "\n")
-    return {"predicted": predicted, "reused": reused, "failed": len(failed), "recordings": len(done),
+    return {"predicted": predicted, "reused": reused, "failed": len(failed), "recordings": len(entries),
             "tables": [str(p) for p in table_files], "out": str(out)}
 
 
 def run_predictions(trained: TrainedModel, store: FeatureStore, todo: list[int], out: Path, keys: dict[str, str],
                     paths: dict[str, str], options: PredictOptions, hop: int, failed: list[tuple[str, str, str]],
-                    ready: dict[str, Prediction], progress: bool,
+                    done: set[str], progress: bool,
                     embedding_rows: tuple[Any, dict[str, int]] = (None, {})) -> int:
-    """Predict the store files ``todo``, journal each as it finishes; returns how many were predicted.
+    """Predict the store files ``todo``, journal each as it finishes (its id added to ``done``); returns how
+    many were predicted.
 
     ``embedding_rows``: an embeddings group (or ``None``) and each file's row in it.
     """
@@ -359,7 +325,7 @@ def run_predictions(trained: TrainedModel, store: FeatureStore, todo: list[int],
                     write_file_embeddings(group, rows[file_id], windows.embedding, windows.starts / pixels_per_second,
                                           trained.crop_seconds, duration_s=prediction.duration, path=paths[file_id])
                 write_journal(out, keys[file_id], prediction)
-                ready[file_id] = prediction
+                done.add(file_id)
                 count += 1
             processed += 1
             seconds_done += float(table["duration"][index])

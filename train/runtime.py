@@ -40,20 +40,32 @@ class Runtime:
         return self.device.type == "cuda"
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # where a model can run; torch also names devices that hold no data (meta)
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local CUDA device when present, else CPU; any other name is used as given.
+    """``auto`` -> the local CUDA device when present, else CPU; any other name is checked, then used as given.
 
     Raises:
-        UserError: a name torch does not know, or a CUDA device on a machine without one.
+        UserError: a name torch does not know, a device that cannot run a model (``meta``), or one
+            this machine lacks (``mps`` without Apple's GPU, ``cuda`` without CUDA, ``cuda:7`` with 2 GPUs).
     """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    choices = "auto, cpu, cuda, cuda:N or mps"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"--device {name}: not a device torch knows; use {choices}") from None
+    if device.type not in DEVICE_TYPES:
+        raise UserError(f"--device {name}: a model cannot run on {device.type!r} devices; use {choices}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is available here (use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: no Apple GPU (MPS) is available here (use auto or cpu)")
     return device
 
 

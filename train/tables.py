@@ -17,11 +17,15 @@ Numbers are written once, rounded: times to the millisecond, scores to 6 decimal
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
+
+from soundception.shared.errors import UserError
 
 from soundception.shared import files
 from soundception.train.timecode import format_tc
@@ -67,6 +71,22 @@ def _number(value: float, digits: int) -> str:
     return repr(round(float(value), digits))
 
 
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[TextIO]:
+    """A table opened for writing in pieces (:func:`soundception.shared.files.atomic_write`, UTF-8): renamed
+    to ``path`` when the block ends, removed if it raises, so ``path`` is never half written."""
+    with files.atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+        yield handle
+
+
+def _plain(value: str, what: str, table: str) -> str:
+    """``value`` unchanged, or a one-line refusal if it holds a tab or a line break: tab-separated tables
+    have no escape for either (Raven Pro's selection tables define none), so the row would split."""
+    if "\t" in value or (value and value.splitlines() != [value]):  # any break a reader's splitlines() sees
+        raise UserError(f"{what} {value!r} contains a tab or a line break, which {table} cannot hold")
+    return value
+
+
 def table_name(file_id: str, suffix: str) -> str:
     """A per-recording table's path under its format's folder: the file id's folders are kept."""
     return f"{file_id}{suffix}"
@@ -75,10 +95,12 @@ def table_name(file_id: str, suffix: str) -> str:
 # ------------------------------------------------------------------------------------------------ csv
 
 
-def csv_text(rows: Iterable[Detection]) -> str:
+def csv_text(rows: Iterable[Detection], *, header: bool = True) -> str:
+    """``predictions.csv``'s text; ``header=False`` gives only the rows, to append to a table being written."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    if header:
+        writer.writerow(CSV_COLUMNS)
     for r in rows:
         writer.writerow([r.file, _number(r.start_s, 3), _number(r.end_s, 3), r.class_id, r.class_name,
                          _number(r.score, 6), r.rank])
@@ -97,19 +119,22 @@ def read_csv(path: str | Path) -> list[Detection]:
 # ---------------------------------------------------------------------------------------------- raven
 
 
-def raven_text(rows: Sequence[Detection], *, offsets: dict[str, float] | None = None) -> str:
+def raven_text(rows: Sequence[Detection], *, offsets: dict[str, float] | None = None, header: bool = True,
+               first_selection: int = 1) -> str:
     """A Raven Pro selection table. ``offsets``: file -> where that file begins in a combined table, s.
 
     In a per-recording table Begin Time equals File Offset; in a combined table Begin Time is
     counted from the start of the first recording (files laid end to end), as Raven expects.
+    ``header=False`` and ``first_selection`` give rows to append to a table being written.
     """
-    lines = ["\t".join(RAVEN_COLUMNS)]
-    for selection, r in enumerate(rows, start=1):
+    lines = ["\t".join(RAVEN_COLUMNS)] if header else []
+    for selection, r in enumerate(rows, start=first_selection):
         shift = (offsets or {}).get(r.file, 0.0)
         lines.append("\t".join([str(selection), "Spectrogram 1", "1", _number(r.start_s + shift, 3),
                                 _number(r.end_s + shift, 3), _number(r.low_hz, 1), _number(r.high_hz, 1),
-                                r.class_name, _number(r.score, 6), r.path, _number(r.start_s, 3)]))
-    return "\n".join(lines) + "\n"
+                                _plain(r.class_name, "class name", "a Raven selection table"), _number(r.score, 6),
+                                _plain(r.path, "file path", "a Raven selection table"), _number(r.start_s, 3)]))
+    return "".join(line + "\n" for line in lines)
 
 
 def read_raven(path: str | Path, *, files: dict[str, str] | None = None) -> list[Detection]:
@@ -139,7 +164,8 @@ def read_raven(path: str | Path, *, files: dict[str, str] | None = None) -> list
 
 def audacity_text(rows: Iterable[Detection]) -> str:
     """An Audacity label track: ``start<TAB>end<TAB>species score`` per line, no header."""
-    return "".join(f"{_number(r.start_s, 3)}\t{_number(r.end_s, 3)}\t{r.class_name} {_number(r.score, 6)}\n"
+    return "".join(f"{_number(r.start_s, 3)}\t{_number(r.end_s, 3)}\t"
+                   f"{_plain(r.class_name, 'class name', 'an Audacity label track')} {_number(r.score, 6)}\n"
                    for r in rows)
 
 
@@ -181,7 +207,7 @@ def media_ids(files: Sequence[str]) -> dict[str, str]:
     chosen = {f: (stem if counts[stem] == 1 else f) for f, stem in stems.items()}
     bad = [f for f, m in chosen.items() if ";" in m]
     if bad:
-        raise ValueError(f"file id {bad[0]!r} contains ';', which a BirdCLEF run file cannot hold")
+        raise UserError(f"file id {bad[0]!r} contains ';', which a BirdCLEF run file cannot hold")
     return chosen
 
 
