@@ -7,8 +7,14 @@ same loss at the same step as an uninterrupted run.
 
 The pieces, in the order :func:`train` calls them: :func:`set_up` (store, split, run folder,
 model), :func:`run_stage` (one stage: optimizer, schedule, loader, its steps), :func:`train_step`
-(one optimizer step over ``accumulation`` micro-batches from :func:`get_batch`), :func:`validate`
-and :func:`save`. The learning rate of each step is :func:`train.optim.warmup_cosine`.
+(one optimizer step over ``accumulation`` micro-batches, each made ready by :func:`prepare_batch`),
+:func:`validate` and :func:`save`. The learning rate of each step is :func:`train.optim.warmup_cosine`.
+
+Each step's phases are ``torch.profiler.record_function`` ranges named ``step.<phase>`` for the
+phases in :data:`STEP_PHASES`, so a profile of training (``bench/gpu``) sees them by name; outside
+a profiler they cost a few microseconds. Every logged ``train`` record carries ``step_time`` (wall
+seconds per step) and ``data_time`` (of those, seconds spent waiting for the next batch, as timm
+logs it), averaged over the steps since the previous record.
 
 Run folder::
 
@@ -48,6 +54,15 @@ from soundception.train.weights import load_backbone_weights
 # options that may change on --resume without changing the result
 RESUMABLE_CHANGES = {"store", "storage_options", "num_workers", "device", "compile", "log_every", "eval_every",
                      "checkpoint_every", "eval_batch_size", "eval_max_files"}
+
+
+# one training step's phases, in order; each is a profiler range named ``step.<phase>``
+STEP_PHASES = ("data_wait", "augmentation", "forward", "loss", "backward", "optimizer_step")
+
+
+def step_range(phase: str) -> torch.profiler.record_function:
+    """The profiler range of one of :data:`STEP_PHASES` (``with step_range("forward"): ...``)."""
+    return torch.profiler.record_function(f"step.{phase}")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -200,15 +215,14 @@ def initial_model(config: RunConfig, n_classes: int, payload: dict[str, Any] | N
 # ---------------------------------------------------------------------------------------------- one step
 
 
-def get_batch(run: Run, batches: Iterator[dict[str, torch.Tensor]], step: int, global_micro: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The next micro-batch, augmented and normalised on the device.
+def prepare_batch(run: Run, batch: dict[str, torch.Tensor], step: int, global_micro: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A loader micro-batch, augmented and normalised on the device.
 
     Returns images ``(B, 3, H, crop_width)`` float, labels ``(B,)`` int64 and multi-label targets
     ``(B, n_classes)`` float (main and background species). The augmentation depends on
     ``(seed, step, global_micro)`` only.
     """
-    batch = next(batches)
     device = run.runtime.device
     generator = torch.Generator(device=device).manual_seed(derived_seed(run.config.seed, step, 2, global_micro))
     images, _ = augment_batch(batch["image"].to(device, non_blocking=True), crop_width=run.crop_width,
@@ -220,31 +234,69 @@ def get_batch(run: Run, batches: Iterator[dict[str, torch.Tensor]], step: int, g
 
 
 def train_step(run: Run, runner: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               batches: Iterator[dict[str, torch.Tensor]], sampler: WindowSampler, step: int) -> dict[str, float]:
-    """One optimizer step over ``accumulation`` micro-batches; returns the losses averaged over them.
+               batches: Iterator[dict[str, torch.Tensor]], sampler: WindowSampler, step: int
+               ) -> tuple[dict[str, float], float]:
+    """One optimizer step over ``accumulation`` micro-batches.
 
-    Keys: ``loss`` (``loss_main + aux_weight * loss_aux``), ``loss_main``, ``loss_aux``.
+    Returns the losses averaged over the micro-batches (keys ``loss``, that is ``loss_main +
+    aux_weight * loss_aux``, ``loss_main``, ``loss_aux``) and the seconds spent waiting for
+    ``next(batches)`` (summed over the micro-batches: the step's data wait).
     """
     config = run.config
     optimizer.zero_grad(set_to_none=True)
     losses = {"loss": 0.0, "loss_main": 0.0, "loss_aux": 0.0}
+    data_wait = 0.0
     for micro in range(config.accumulation):
+        with step_range("data_wait"):
+            started = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - started
         # DDP over W ranks draws the micro-batches one process accumulating W times as many would
         global_micro = sampler.global_micro_batch(micro)
-        images, labels, targets = get_batch(run, batches, step, global_micro)
+        with step_range("augmentation"):
+            images, labels, targets = prepare_batch(run, batch, step, global_micro)
         torch.manual_seed(derived_seed(config.seed, step, 1, global_micro))  # dropout
         # under DDP the gradients are all-reduced once, in the last micro-batch's backward
         skip_sync = run.runtime.distributed and micro < config.accumulation - 1 and hasattr(runner, "no_sync")
         with (runner.no_sync() if skip_sync else nullcontext()), rt.autocast(run.runtime.device):
-            loss, parts = soundception_loss(runner(images), labels, targets, aux_weight=config.aux_weight,
-                                            multilabel=config.multilabel)
-        (loss / config.accumulation).backward()
-        for key, value in {"loss": float(loss.detach()), **parts}.items():
+            with step_range("forward"):
+                outputs = runner(images)
+            with step_range("loss"):
+                loss, parts = soundception_loss(outputs, labels, targets, aux_weight=config.aux_weight,
+                                                multilabel=config.multilabel)
+        with step_range("backward"):
+            (loss / config.accumulation).backward()
+            loss_value = float(loss.detach())  # waits for the backward on an asynchronous device
+        for key, value in {"loss": loss_value, **parts}.items():
             losses[key] += value / config.accumulation
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], config.grad_clip)
-    optimizer.step()
-    return losses
+    with step_range("optimizer_step"):
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], config.grad_clip)
+        optimizer.step()
+    return losses, data_wait
+
+
+class StepTimes:
+    """Wall time of the steps since the last logged record and the part of it spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.started, self.steps, self.step_s, self.data_s = time.perf_counter(), 0, 0.0, 0.0
+
+    def add(self, step_s: float, data_s: float) -> None:
+        self.steps, self.step_s, self.data_s = self.steps + 1, self.step_s + step_s, self.data_s + data_s
+
+    def record(self, samples_per_step: int) -> dict[str, float]:
+        """``samples_per_s`` (over the wall time since the reset, evaluation included), ``step_time`` and
+        ``data_time`` (seconds per step, averaged over the steps since the reset); then resets."""
+        steps = max(self.steps, 1)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        out = {"samples_per_s": self.steps * samples_per_step / elapsed, "step_time": self.step_s / steps,
+               "data_time": self.data_s / steps}
+        self.reset()
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- one stage
@@ -310,19 +362,21 @@ def run_stage(run: Run, step: int, stop_step: int, *, payload: dict[str, Any] | 
     bar = Progress(stage_end - step, desc=f"stage {stage_number}", unit="step",
                    disable=not (progress and runtime.is_main))
     first_step, loss, path = step, float("nan"), None
-    logged_at, logged_step = time.perf_counter(), step
+    times = StepTimes()
     try:
         while step < min(stage_end, stop_step):
-            losses = train_step(run, runner, optimizer, batches, sampler, step)
+            started = time.perf_counter()
+            losses, data_wait = train_step(run, runner, optimizer, batches, sampler, step)
             scheduler.step()
+            times.add(time.perf_counter() - started, data_wait)
             step, loss = step + 1, losses["loss"]
             bar.update(step - first_step)
             if runtime.is_main and (step % config.log_every == 0 or step == stage_end):
-                rate = (step - logged_step) * samples_per_step / max(time.perf_counter() - logged_at, 1e-9)
+                timing = times.record(samples_per_step)
                 append_record(run.metrics_path, {"kind": "train", "step": step, "stage": stage_number, **losses,
-                                                 "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
-                bar.set_postfix(f"loss {loss:.3f}, {rate:.1f} samples/s")
-                logged_at, logged_step = time.perf_counter(), step
+                                                 "lr": scheduler.get_last_lr()[0], **timing})
+                bar.set_postfix(f"loss {loss:.3f}, {timing['samples_per_s']:.1f} samples/s, "
+                                f"data {timing['data_time']:.3f} s/step")
             if config.eval_every > 0 and step % config.eval_every == 0 and step < config.total_steps:
                 result = validate(run, step)
                 if result:

@@ -75,7 +75,8 @@ class ConvAveragePool(nn.Module):
     (how the trainer runs): PyTorch's channels_last ``avg_pool2d`` backward returned wrong input
     gradients wherever there is padding (pytorch/pytorch#188344, fixed in July 2026; torch 2.11
     measured wrong), and it is slow: on an H200 in bf16 inception_v4's 14 pooling branches took
-    85 ms of a 267 ms training step (forward + backward), as convolutions 19 ms (bench/gpu.py).
+    85 ms of a 267 ms training step (forward + backward), as convolutions 19 ms (the former
+    bench/gpu.py, 2026-11-26; see docs/performance.md).
     """
 
     def __init__(self, pool: nn.AvgPool2d) -> None:
