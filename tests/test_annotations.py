@@ -240,18 +240,36 @@ def test_labels_follow_from_events_multi_label(audio, tmp_path):
     assert label[row["XC3.wav"]] == -1
 
 
-def test_metadata_labels_are_kept_and_event_labels_match_class_names(audio, tmp_path):
-    metadata = tmp_path / "labels.csv"
-    metadata.write_text("a/XC1.wav,sp01\nb/XC2.wav,sp02\n", encoding="utf-8")
-    store = featurize(audio, tmp_path / "s.zarr", None, metadata=metadata, labels="csv")
-    assert store.classes == ["sp01", "sp02"]
-    calls = tmp_path / "calls.csv"
-    calls.write_text("a/XC1.wav,0.0,2.0,SP02\na/XC1.wav,2.1,2.2,newbird\n", encoding="utf-8")
+def test_metadata_labels_are_kept_and_event_labels_match_class_ids(audio, tmp_path):
+    metadata, calls = tmp_path / "labels.csv", tmp_path / "calls.csv"
+    metadata.write_text("b/XC2.wav,sp02\n", encoding="utf-8")
+    calls.write_text("a/XC1.wav,0.0,2.0,newbird\n", encoding="utf-8")
     store = featurize(audio, tmp_path / "s.zarr", calls, metadata=metadata, labels="csv")
     row = {name: i for i, name in enumerate(store.ids)}
-    assert store.classes == ["sp01", "sp02", "newbird"]  # "SP02" is sp02; the class list only grows
-    assert store.classes[store.table["label"][row["a/XC1.wav"]]] == "sp01"  # metadata's, not the events'
+    assert store.classes == ["sp02", "newbird"]
+    assert store.classes[store.table["label"][row["a/XC1.wav"]]] == "newbird"  # no metadata label: the events'
+    # now the metadata labels XC1 too, and its events would say sp02 ("SP02": that class, any case)
+    metadata.write_text("a/XC1.wav,newbird\nb/XC2.wav,sp02\n", encoding="utf-8")
+    calls.write_text("a/XC1.wav,0.0,2.0,SP02\na/XC1.wav,2.1,2.2,newbird\n", encoding="utf-8")
+    store = featurize(audio, tmp_path / "s.zarr", calls, metadata=metadata, labels="csv")
+    assert store.classes == ["sp02", "newbird"]  # the class list only grows
+    assert store.classes[store.table["label"][row["a/XC1.wav"]]] == "newbird"  # metadata's, not the events'
+    assert store.background[row["a/XC1.wav"]] == []
     assert [store.classes[c] for c in store.events_of(row["a/XC1.wav"])["event_class"]] == ["sp02", "newbird"]
+
+
+def test_a_later_run_keeps_stored_metadata_labels_and_updates_labels_from_events(audio, tmp_path):
+    metadata, calls = tmp_path / "labels.csv", tmp_path / "calls.csv"
+    metadata.write_text("a/XC1.wav,sp01\n", encoding="utf-8")
+    calls.write_text("b/XC2.wav,0.0,1.0,robin\n", encoding="utf-8")
+    featurize(audio, tmp_path / "s.zarr", calls, metadata=metadata, labels="csv")
+    # no metadata this time; XC1 gets events, XC2's are corrected
+    calls.write_text("a/XC1.wav,0.0,2.0,wren\nb/XC2.wav,0.0,1.0,wren\nb/XC2.wav,1.5,1.6,robin\n", encoding="utf-8")
+    store = featurize(audio, tmp_path / "s.zarr", calls, labels="none")
+    row = {name: i for i, name in enumerate(store.ids)}
+    assert store.classes[store.table["label"][row["a/XC1.wav"]]] == "sp01"  # stored from metadata: kept
+    assert store.classes[store.table["label"][row["b/XC2.wav"]]] == "wren"  # from events: follows them
+    assert [store.classes[c] for c in store.background[row["b/XC2.wav"]]] == ["robin"]
 
 
 def test_rerun_is_idempotent_and_keeps_other_recordings_events(audio, tmp_path):
@@ -277,3 +295,21 @@ def test_a_folder_mixes_formats_by_content(tmp_path):
     audacity(tmp_path / "ann", [("b/XC2.wav", 0.5, 1.0, NAN, NAN, "wren")])
     events = read_annotations(tmp_path / "ann")
     assert sorted((e.file, e.label) for e in events) == [("XC1", "Turdus merula"), ("XC2", "wren")]
+
+
+def test_an_interrupted_write_of_the_events_is_seen_and_redone_by_a_rerun(audio, tmp_path):
+    import zarr
+
+    from soundception.shared.reader import StoreError
+
+    url = tmp_path / "s.zarr"
+    featurize(audio, url, raven_multi_file(tmp_path / "ann", TRUTH), labels="none")
+    group = zarr.open_group(str(url), mode="r+")
+    del group.attrs["event_count"]  # what a crash between the arrays' writes leaves
+    group["event_start_s"].resize((2,))
+    with pytest.raises(StoreError, match="interrupted while writing them"):
+        FeatureStore(str(url)).events
+    store = featurize(audio, url, tmp_path / "ann", labels="none")
+    assert featurize.summary.skipped == 3  # images kept
+    assert any("half-written" in note for note in featurize.summary.notes)
+    same(stored(store), TRUTH)
