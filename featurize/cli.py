@@ -24,6 +24,15 @@ _DEFAULT = FeaturizerConfig()
               help="Labels: a CSV (path,label[,background]) or a folder of BirdCLEF XML files.")
 @click.option("--labels", type=click.Choice(["auto", "xml", "csv", "folders", "none"]), default="auto",
               show_default=True, help="Where labels come from (auto: CSV, XML next to the audio, or none).")
+@click.option("--annotations", type=click.Path(exists=True), default=None,
+              help="Call annotations: a Raven selection table, an Audacity label file, a CSV "
+                   "(path,start,end,label[,low_hz,high_hz]) or a folder of them; stored as the store's events.")
+@click.option("--annotations-format", type=click.Choice(["auto", "raven", "audacity", "csv"]), default="auto",
+              show_default=True, help="Format of the --annotations files (auto: Raven header, .csv, else Audacity).")
+@click.option("--annotation-label-column", default=None,
+              help="The species column of Raven tables [default: Species, Annotation, Species Code, ...].")
+@click.option("--annotations-report", type=click.Path(dir_okay=False), default=None,
+              help="Write every annotation naming no recording or ending after its recording here (one per line).")
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, default=None, help="Local cluster worker processes [default: CPU cores].")
 @click.option("--cluster", "cluster_kind", type=click.Choice(["local", "slurm", "pbs"]), default="local",
@@ -81,7 +90,8 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
                       frequency_resize: str, floor_db: float, ceiling_percentile: float,
                       dynamic_range_db: tuple[float, float], time_chunk: int, shard_chunks: int,
                       zstd_level: int, storage_options: dict | None, config_file: str | None,
-                      empty_band_db: float) -> None:
+                      empty_band_db: float, annotations: str | None, annotations_format: str,
+                      annotation_label_column: str | None, annotations_report: str | None) -> None:
     """Featurize every recording under AUDIO_DIR (a folder or an fsspec URL such as s3://bucket/audio)
     into a Zarr feature store (resumable). Credentials for URLs come from the environment and
     fsspec's configuration (or --storage-options)."""
@@ -114,7 +124,9 @@ def featurize_command(audio_dir: str, store: str, metadata: str | None, labels: 
             click.echo(cluster.describe(client[0], dashboard=dashboard or cluster_kind != "local" or bool(scheduler)))
         _featurize(audio_dir, store, config, client, lock=lock, metadata=metadata, labels=labels,
                    retry_failed=retry_failed, new_audio_root=new_audio_root, storage_options=storage_options,
-                   time_chunk=time_chunk, shard_chunks=shard_chunks, zstd_level=zstd_level, redo_corrupt=redo_corrupt)
+                   time_chunk=time_chunk, shard_chunks=shard_chunks, zstd_level=zstd_level, redo_corrupt=redo_corrupt,
+                   annotations=annotations, annotations_format=annotations_format,
+                   annotation_label_column=annotation_label_column, annotations_report=annotations_report)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: files finished so far are kept in {redact(store)}; rerun the same command "
                           "to featurize the rest") from None
@@ -149,7 +161,8 @@ def _job_script(system: str, jobs: int, options: dict) -> str:
         batch.close()
 
 
-def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tuple | None, **options: Any) -> None:
+def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tuple | None, *,
+               annotations_report: str | None = None, **options: Any) -> None:
     """Run the featurize library call with a progress display."""
     import gc
     import logging
@@ -177,6 +190,9 @@ def _featurize(audio_dir: str, store: str, config: FeaturizerConfig, client: tup
         bar.close()
     for line in summary.lines():
         click.echo(line)
+    if annotations_report:
+        Path(annotations_report).write_text("".join(f"{line}\n" for line in summary.annotation_issues), encoding="utf-8")
+        click.echo(f"wrote {len(summary.annotation_issues)} annotation issue(s) to {annotations_report}")
 
 
 def _config(config_file: str | None, **options: Any) -> FeaturizerConfig:

@@ -28,7 +28,9 @@ from typing import Any
 import zarr
 
 from soundception.featurize import store as store_io
+from soundception.featurize.annotations import Event, match_events, read_annotations
 from soundception.featurize.audio import DecodeError, decode, self_concatenate
+from soundception.featurize.events import annotate_store, events_past_end
 from soundception.featurize.labels import Labelling, label_recordings
 from soundception.featurize.lock import StoreLock
 from soundception.featurize.lock import describe as describe_holder
@@ -46,6 +48,7 @@ log = logging.getLogger("soundception.featurize")
 FAULT = "fault"  # a task's result when the machine, not the file, failed (see featurize_file)
 FLUSH_SECONDS = 2.0
 FLUSH_RESULTS = 64
+ANNOTATION_ISSUES_SHOWN = 10
 
 
 def featurize_file(source: str, index: int, store_url: str, config_dict: dict[str, Any], *,
@@ -105,6 +108,8 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     planned_failures: int = 0  # files failed while planning (missing audio, conflicting labels), never submitted
     notes: list[str] = field(default_factory=list)
+    # call annotations naming no recording (not stored) or ending after their recording (stored), one line each
+    annotation_issues: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -132,6 +137,13 @@ class RunSummary:
                        f"see the store's warning variable")
         if self.failed:
             out.append(f"{self.failed} file(s) failed; list them with: soundception inspect {self.store} --failed")
+        if self.annotation_issues:
+            shown = ANNOTATION_ISSUES_SHOWN
+            out.append(f"{len(self.annotation_issues)} call annotation(s) name no recording (not stored) or end "
+                       "after their recording (stored):")
+            out += [f"  {line}" for line in self.annotation_issues[:shown]]
+            if len(self.annotation_issues) > shown:
+                out.append(f"  ... and {len(self.annotation_issues) - shown} more (all of them: --annotations-report FILE)")
         return out + self.notes
 
 
@@ -272,7 +284,8 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
                     time_chunk: int = store_io.DEFAULT_TIME_CHUNK, zstd_level: int = 0, shard_chunks: int = 1,
                     new_audio_root: bool = False, only: Sequence[str] | None = None, redo_corrupt: bool = False,
                     progress: Callable[[RunSummary], Any] | None = None, lock: StoreLock | None = None,
-                    fingerprints: Mapping[str, dict] | None = None) -> RunSummary:
+                    fingerprints: Mapping[str, dict] | None = None, annotations: str | Path | None = None,
+                    annotations_format: str = "auto", annotation_label_column: str | None = None) -> RunSummary:
     """Featurize every recording under ``audio_root`` into the store at ``store_url``.
 
     Files already ``done`` are skipped; ``failed`` ones are retried only with ``retry_failed``;
@@ -288,6 +301,11 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     :func:`featurize.audio.fingerprint`}`` of the audio as it is now; a stored file whose audio
     changed since its recorded fingerprint is featurized again (its old image objects deleted
     first), and the fingerprints are recorded in the store's ``sources`` attribute at the end.
+    ``annotations``: a file or folder of call annotations (:mod:`featurize.annotations`; format by
+    file, or ``annotations_format``; ``annotation_label_column`` names a Raven table's species
+    column), read before anything is written and stored as the store's events
+    (:func:`featurize.events.annotate_store`); events naming no recording or ending after one are
+    listed in the summary's ``annotation_issues``.
     """
     config = config or FeaturizerConfig()
     started = time.perf_counter()
@@ -295,6 +313,8 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     audio_root, store_url = normalize(audio_root), normalize(store_url)
     metadata = normalize(metadata) if metadata else metadata
     labelling = label_recordings(audio_root, metadata=metadata, source=labels, storage_options=storage_options)
+    events = (read_annotations(annotations, format=annotations_format, label_column=annotation_label_column)
+              if annotations is not None else None)
     if only is not None:
         wanted = set(only)
         labelling = dataclasses.replace(labelling, recordings=[r for r in labelling.recordings if r.id in wanted])
@@ -307,24 +327,29 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
         return _featurize_locked(labelling, audio_root, store_url, config, lock, started, client=client,
                                  retry_failed=retry_failed, storage_options=storage_options, time_chunk=time_chunk,
                                  zstd_level=zstd_level, shard_chunks=shard_chunks, new_audio_root=new_audio_root,
-                                 redo_corrupt=redo_corrupt, progress=progress, fingerprints=fingerprints or {})
+                                 redo_corrupt=redo_corrupt, progress=progress, fingerprints=fingerprints or {},
+                                 events=events)
 
 
 def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: str, config: FeaturizerConfig,
                       lock: StoreLock, started: float, *, client: Any, retry_failed: bool,
                       storage_options: dict[str, Any] | None, time_chunk: int, zstd_level: int, shard_chunks: int,
                       new_audio_root: bool, redo_corrupt: bool,
-                      progress: Callable[[RunSummary], Any] | None, fingerprints: Mapping[str, dict]) -> RunSummary:
+                      progress: Callable[[RunSummary], Any] | None, fingerprints: Mapping[str, dict],
+                      events: list[Event] | None = None) -> RunSummary:
     """:func:`featurize_store` once the run holds the store's lock."""
     group, rows = prepare_store(labelling, audio_root, store_url, config, new_audio_root=new_audio_root,
                                 storage_options=storage_options, time_chunk=time_chunk, zstd_level=zstd_level,
                                 shard_chunks=shard_chunks)
     notes = list(labelling.notes) + reopen_incomplete(group) + reopen_changed(group, rows, fingerprints)
+    matched, annotation_issues = match_events(events or [], [r.id for r in labelling.recordings])
+    if events is not None:
+        notes += annotate_store(group, rows, matched, {r.id for r in labelling.recordings if r.label})
     if redo_corrupt:
         notes += reopen_corrupt(group, store_url, storage_options)
     plan = plan_jobs(labelling.recordings, rows, read_column(group, "status"), retry_failed=retry_failed)
     summary = RunSummary(store=store_url, submitted=len(plan.jobs), skipped=plan.skipped,
-                         failed_before=plan.failed_before, notes=notes)
+                         failed_before=plan.failed_before, notes=notes, annotation_issues=annotation_issues)
     for _, file_id, reason in plan.failures:
         summary.add_failure(file_id, reason)
     summary.planned_failures = len(plan.failures)
@@ -333,6 +358,7 @@ def _featurize_locked(labelling: Labelling, audio_root: str | Path, store_url: s
              storage_options=storage_options, progress=progress, check=lock.check)
     lock.check()
     record_fingerprints(group, {i: f for i, f in fingerprints.items() if i in rows})
+    summary.annotation_issues += events_past_end(group, rows, matched)
     store_io.consolidate(group)  # the attributes this run wrote (sources, audio_root) rewrote the group's metadata
     summary.seconds = time.perf_counter() - started
     return summary

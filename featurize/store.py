@@ -366,3 +366,47 @@ def write_image(url: str, index: int, width: int,
             padded = np.zeros(pixels.shape[:2] + (stop - start - whole,), dtype=np.uint8)
             padded[:, :, : columns - whole] = pixels[:, :, whole:]
             image[index, :, :, start + whole : stop] = padded
+
+
+EVENT_CHUNK = 1 << 16
+
+
+def stored_events(group: zarr.Group) -> dict[str, np.ndarray] | None:
+    """The store's event table ``{name: (n_events,) array}`` (:data:`schema.PER_EVENT`); an empty
+    table when it has none, None when a write of it was interrupted (lengths disagree with
+    ``event_count``)."""
+    if schema.EVENT_COUNT not in group.attrs:
+        return None if any(name in group for name in schema.PER_EVENT) else stored_events_empty()
+    count = int(group.attrs[schema.EVENT_COUNT])
+    table = {name: np.asarray(group[name][...]) for name in schema.PER_EVENT if name in group}
+    if len(table) != len(schema.PER_EVENT) or any(len(values) != count for values in table.values()):
+        return None
+    return table
+
+
+def stored_events_empty() -> dict[str, np.ndarray]:
+    """An event table with no rows."""
+    return {name: np.zeros(0, dtype=dtype) for name, (_, dtype, _) in schema.PER_EVENT.items()}
+
+
+def write_events(group: zarr.Group, table: dict[str, np.ndarray]) -> None:
+    """Replace the store's event table with ``table`` (every :data:`schema.PER_EVENT` name, equal lengths).
+
+    The arrays are created on first use. ``event_count`` is removed first and written last, so a
+    write interrupted half-way is recognised (:func:`stored_events` returns None) and redone.
+    """
+    count = len(table["event_file"])
+    if any(len(table[name]) != count for name in schema.PER_EVENT):
+        raise ValueError("event arrays must have equal lengths")
+    if schema.EVENT_COUNT in group.attrs:
+        del group.attrs[schema.EVENT_COUNT]
+    for name, (dims, dtype, fill) in schema.PER_EVENT.items():
+        if name not in group:
+            units = schema.EVENT_UNITS.get(name)
+            _vector(group, name, dims, dtype, fill, EVENT_CHUNK, {"units": units} if units else None)
+        array = group[name]
+        array.resize((count,))
+        if count:
+            array[:] = np.asarray(table[name], dtype=dtype)
+    group.attrs[schema.EVENT_COUNT] = count
+    consolidate(group)

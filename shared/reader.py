@@ -174,6 +174,30 @@ class FeatureStore:
             found.append(list(dict.fromkeys(i for i in items if i is not None)))
         return found
 
+    @cached_property
+    def events(self) -> dict[str, np.ndarray]:
+        """The annotated calls (:data:`schema.PER_EVENT`): ``{name: (n_events,) array}``, rows sorted
+        by file then start. ``event_file`` indexes :attr:`ids`, ``event_class`` :attr:`classes`;
+        times in s, bands in Hz (NaN where none was given). Empty arrays in a store without events.
+
+        Raises:
+            StoreError: a write of the events was interrupted (lengths differ from ``event_count``).
+        """
+        present = [name for name in schema.PER_EVENT if name in self.group]
+        if not present:
+            return {name: np.zeros(0, dtype=dtype) for name, (_, dtype, _) in schema.PER_EVENT.items()}
+        table = {name: self._column(name) for name in present}
+        count = self.attrs.get(schema.EVENT_COUNT)
+        if len(present) != len(schema.PER_EVENT) or any(len(v) != count for v in table.values()):
+            raise StoreError(f"{self.url}: the event arrays are incomplete (a featurize --annotations run was "
+                             "interrupted while writing them); rerun it to write them again")
+        return table
+
+    def events_of(self, index: int) -> dict[str, np.ndarray]:
+        """File ``index``'s annotated calls: :attr:`events` restricted to its rows, in time order."""
+        rows = self.events["event_file"] == index
+        return {name: values[rows] for name, values in self.events.items()}
+
     def image(self, index: int) -> np.ndarray:
         """File ``index``'s whole image trimmed to its valid width: uint8 ``(channel, freq, n_frames)``.
 

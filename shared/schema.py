@@ -18,10 +18,22 @@ A store is one Zarr v3 group::
     error       (file,)                      str     one-line reason when failed
     warning     (file,)                      str     one-line note when done with a caveat
 
+and, in a store given call annotations (``featurize --annotations``), one row per annotated call,
+sorted by (file, start, end, class)::
+
+    event_file     (event,)  int32   index into ``file``
+    event_start_s  (event,)  float64 s from the start of the recording
+    event_end_s    (event,)  float64 s, > event_start_s
+    event_low_hz   (event,)  float64 Hz, NaN where the annotation gives no band
+    event_high_hz  (event,)  float64 Hz, NaN where the annotation gives no band
+    event_class    (event,)  int32   index into ``class``
+
 Group attributes: ``schema_version``, ``featurizer_config`` (dict), ``config_hash``,
 ``versions`` (library versions that wrote it), ``audio_root``, and ``sources`` where a run was given
 its audio's fingerprints (``{file id: {"size": bytes, "mtime": str}}``: what the audio was when
-its image was made, so a file edited since is featurized again; ``predict`` from audio does this).
+its image was made, so a file edited since is featurized again; ``predict`` from audio does this),
+and ``event_count`` in a store with events: the number of rows of every ``event_*`` array, written
+after them (absent or different while a write is under way, so a half-written table is seen).
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ SCHEMA_VERSION = 4
 
 IMAGE = "image"
 IMAGE_DIMS = ("file", "channel", "freq", "time")
-FILE, CHANNEL, FREQ, TIME, CLASS = "file", "channel", "freq", "time", "class"
+FILE, CHANNEL, FREQ, TIME, CLASS, EVENT = "file", "channel", "freq", "time", "class", "event"
 
 # name -> (dims, numpy dtype or "str", fill value)
 PER_FILE = {
@@ -51,8 +63,20 @@ PER_FILE = {
     "warning": ((FILE,), "str", ""),
 }
 PER_CLASS = {"class_name": ((CLASS,), "str", "")}
+# created only in stores given call annotations; the reader reads a store without them as having none
+PER_EVENT = {
+    "event_file": ((EVENT,), "int32", -1),
+    "event_start_s": ((EVENT,), "float64", np.nan),
+    "event_end_s": ((EVENT,), "float64", np.nan),
+    "event_low_hz": ((EVENT,), "float64", np.nan),
+    "event_high_hz": ((EVENT,), "float64", np.nan),
+    "event_class": ((EVENT,), "int32", -1),
+}
+EVENT_UNITS = {"event_start_s": "s", "event_end_s": "s", "event_low_hz": "Hz", "event_high_hz": "Hz"}
+EVENT_COUNT = "event_count"
 
-ATTRIBUTES = ("schema_version", "featurizer_config", "config_hash", "versions", "audio_root", "sources")
+ATTRIBUTES = ("schema_version", "featurizer_config", "config_hash", "versions", "audio_root", "sources",
+              EVENT_COUNT)
 SOURCES = "sources"
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
