@@ -25,6 +25,9 @@ def places(tmp_path_factory):
     (root / "audio" / "a.wav").write_bytes(b"")
     for name in ("last.pt", "run.txt", "truth.csv"):
         (root / name).write_text("")
+    from soundception.train.embeddings import open_embeddings
+
+    open_embeddings(root / "emb.zarr", ["a.wav"], features=4, attrs={"window_seconds": 2.0, "hop_seconds": 1.0})
     return root
 
 
@@ -43,6 +46,10 @@ def commands(root) -> dict[str, tuple[list[str], str, str]]:
         "explain": (["--checkpoint", str(root / "last.pt"), "--store", str(root / "s.zarr"), "--file", "a.wav",
                      "--out", str(root / "why.png")], "soundception.train.trained", "load_trained_model"),
         "score": ([str(root / "run.txt"), str(root / "truth.csv")], "soundception.train.score", "read_run_file"),
+        "fit-head": (["--checkpoint", str(root / "last.pt"), "--store", str(root / "s.zarr"), "--out",
+                      str(root / "head")], "soundception.train.head", "fit_head"),
+        "search": (["--embeddings", str(root / "emb.zarr"), "--query", "a.wav", "--out", str(root / "found")],
+                   "soundception.train.search", "query_vectors"),
     }
 
 
