@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -44,7 +43,7 @@ import torch
 from bench_data import make_audio
 from soundception.train.attention import TemporalAttention, register_attention
 from soundception.train.inference import FileWindows
-from soundception.train.segments import step_times
+from soundception.train.localize import Call, activity_auc, call_mask, segment_truth, step_labels
 
 SEGMENT_SECONDS = (5.0, 1.0)
 
@@ -99,64 +98,6 @@ def library_pooling() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the measures
-
-
-@dataclass(frozen=True)
-class Call:
-    """One true call: ``species`` (class index), ``start`` and ``end`` (s, original recording), ``background``."""
-
-    species: int
-    start: float
-    end: float
-    background: bool
-
-
-def call_mask(seconds: np.ndarray, calls: list[Call]) -> np.ndarray:
-    """bool, same shape as ``seconds``: the time lies inside a call (``start <= t < end``); NaN is False."""
-    seconds = np.asarray(seconds, dtype=np.float64)
-    inside = np.zeros(seconds.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
-        for call in calls:
-            inside |= (seconds >= call.start) & (seconds < call.end)
-    return inside
-
-
-def step_labels(windows: FileWindows, calls: list[Call], *, width: int, n_frames: int, duration: float,
-                pixels_per_second: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every attention step of one file with its original time and whether a call sounds then.
-
-    Steps over a window's zero padding are dropped; self-concatenated repeats map to the same time.
-
-    Returns:
-        attention float32 ``(n,)``, seconds float64 ``(n,)`` in the original recording, active bool ``(n,)``.
-    """
-    if windows.temporal is None or windows.temporal.ndim != 2:
-        raise ValueError("step labels need the temporal attention per time step, (n_windows, T16)")
-    times = step_times(windows, windows.temporal.shape[1], width=width, n_frames=n_frames, duration=duration,
-                       pixels_per_second=pixels_per_second)
-    keep = ~np.isnan(times)
-    return windows.temporal[keep], times[keep], call_mask(times[keep], calls)
-
-
-def activity_auc(attention: np.ndarray, active: np.ndarray) -> float:
-    """ROC AUC of ``attention`` (n,) as a detector of ``active`` (n,) bool; ties count half."""
-    from sklearn.metrics import roc_auc_score
-
-    attention, active = np.asarray(attention, dtype=np.float64), np.asarray(active, dtype=bool)
-    if attention.shape != active.shape or attention.ndim != 1:
-        raise ValueError(f"attention {attention.shape} and active {active.shape} must be equal 1-D shapes")
-    if active.all() or not active.any():
-        raise ValueError("the AUC needs both active and silent steps")
-    return float(roc_auc_score(active, attention))
-
-
-def segment_truth(bounds: np.ndarray, calls: list[Call], n_classes: int) -> np.ndarray:
-    """bool ``(S, n_classes)``: species with a call overlapping segment ``[start, end)`` (touching is not overlap)."""
-    bounds = np.asarray(bounds, dtype=np.float64)
-    truth = np.zeros((len(bounds), n_classes), dtype=bool)
-    for call in calls:
-        truth[(bounds[:, 0] < call.end) & (bounds[:, 1] > call.start), call.species] = True
-    return truth
 
 
 def read_calls(path: Path, classes: list[str]) -> dict[str, list[Call]]:

@@ -163,16 +163,18 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
 @click.option("--batch-size", type=int, default=DEFAULT["eval_batch_size"], show_default=True,
               help="Windows per forward pass.")
 @click.option("--storage-options", type=JSON_OBJECT, default=None, help="JSON dict of fsspec options for a URL store.")
+@click.option("--segments", "segment_seconds", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Segment length, s, of the localisation report (stores with call annotations).")
 @command_errors(interrupted="interrupted: no report written; rerun the same command (evaluation starts over)",
                 explain=explain_error)
 def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, device: str, batch_size: int,
-                     storage_options: dict | None) -> None:
+                     storage_options: dict | None, segment_seconds: float) -> None:
     """Evaluate a checkpoint: MAP, MAP with background species, top-1/top-5, class-wise mAP."""
     from soundception.train.evaluate import evaluate
 
     options = storage_options
     report = evaluate(checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
-                      storage_options=options)
+                      storage_options=options, segment_seconds=segment_seconds)
     click.echo(json.dumps(report, indent=2))
 
 

@@ -25,6 +25,7 @@ from soundception.train.checkpoint import load_checkpoint
 from soundception.train.config import RunConfig, UserError, crop_width_px
 from soundception.train.dataset import Split, open_store, trainable_indices
 from soundception.train.inference import file_windows
+from soundception.train.localize import localisation, store_calls
 from soundception.train.model import build_model
 from soundception.train.runtime import resolve_device
 
@@ -109,13 +110,15 @@ def write_report(out: str | Path, report: dict[str, Any] | None) -> None:
 
 
 def evaluate(checkpoint: str | Path, store_url: str, *, out: str | Path | None = None, files: str = "validation",
-             device: str = "auto", batch_size: int = 8, storage_options: dict[str, Any] | None = None
-             ) -> dict[str, Any]:
+             device: str = "auto", batch_size: int = 8, storage_options: dict[str, Any] | None = None,
+             segment_seconds: float = 5.0) -> dict[str, Any]:
     """Evaluate a checkpoint on a store; write the JSON report to ``out`` when given.
 
     Args:
         files: ``validation`` (the run's validation split; the store must be the run's store) or
             ``all`` (every labelled, done file of the store, e.g. a separate test store).
+        segment_seconds: where the store holds annotated calls (``featurize --annotations``), the
+            report's ``localisation`` (:mod:`train.localize`) scores segments of this length.
 
     Raises:
         UserError, StoreError: one line each (an unreadable checkpoint or store, no file to evaluate,
@@ -143,6 +146,10 @@ def evaluate(checkpoint: str | Path, store_url: str, *, out: str | Path | None =
     result = evaluate_model(model, store, indices, crop_width=crop_width, device=chosen, batch_size=batch_size)
     report = {"checkpoint": str(checkpoint), "store": store_url, "files": files, "step": int(payload["step"]),
               "crop_width": crop_width, "seconds": round(time.perf_counter() - started, 3), **result}
+    if len(store.events["event_file"]) and config.aux_attention == "temporal":  # annotated calls to measure against
+        calls = {int(i): store_calls(store, int(i)) for i in indices}
+        report["localisation"] = localisation(model, store, indices, calls, width=crop_width, device=chosen,
+                                              segment_seconds=segment_seconds, batch_size=batch_size)
     if out is not None:
         write_report(out, report)
     return report
