@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from soundception.shared import schema
-from soundception.shared.reader import FeatureStore
+from soundception.shared.reader import FeatureStore, StoreError
 
 
 def _store_bytes(url: str) -> int | None:
@@ -37,6 +37,12 @@ def summary_lines(store: FeatureStore) -> list[str]:
                                                 if store.classes else ""),
         f"image       {store.image_shape} uint8 (file, channel, freq, time), time chunk {store.time_chunk} px",
     ]
+    try:
+        events = store.events["event_file"]
+        if len(events):
+            lines.append(f"events      {len(events)} annotated calls in {len(set(events.tolist()))} files")
+    except StoreError as error:  # an interrupted featurize --annotations: say so, the rest still reads
+        lines.append(f"events      {error}")
     if size is not None:
         lines.append(f"size        {size / 1e6:.1f} MB on disk")
     lines += [

@@ -59,3 +59,15 @@ def test_the_localisation_from_events_equals_the_benchmarks_from_the_call_times(
 
 def test_a_store_without_events_reports_no_localisation(trained_run):
     assert "localisation" not in evaluate(trained_run.checkpoint, trained_run.store, device="cpu")
+
+
+def test_inspect_counts_the_annotated_calls(trained_run, annotated):
+    from click.testing import CliRunner
+
+    from soundception.cli import main
+
+    with open(trained_run.calls, newline="") as handle:
+        calls = list(csv.DictReader(handle))
+    shown = CliRunner().invoke(main, ["inspect", annotated]).output
+    assert f"events      {len(calls)} annotated calls in {len({c['file'] for c in calls})} files" in shown, shown
+    assert "events" not in CliRunner().invoke(main, ["inspect", trained_run.store]).output
