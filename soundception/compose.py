@@ -242,9 +242,11 @@ def search_command(embeddings: str, queries: tuple[str, ...], audio_queries: tup
     import numpy as np
     import zarr
 
+    from soundception.shared.config import FeaturizerConfig
     from soundception.train import search
     from soundception.train.config import UserError
     from soundception.train.tables import write_file
+    from soundception.train.trained import load_trained_model
 
     if not queries and not audio_queries:
         raise click.UsageError("give at least one --query or --query-audio")
@@ -259,21 +261,13 @@ def search_command(embeddings: str, queries: tuple[str, ...], audio_queries: tup
         raise UserError(f"{embeddings} is not an embeddings Zarr (write one with predict --embeddings)") from None
     spans = [search.Span.parse(q) for q in queries]
     vectors = [search.query_vectors(group, spans)] if spans else []
-    nyquist = None
+    trained = load_trained_model(checkpoint) if checkpoint else None  # read once: queries and the band
     if audio_queries:
-        vectors.append(_audio_query_vectors(group, audio_queries, checkpoint))
-    if checkpoint:
-        from soundception.train.checkpoint import load_checkpoint
-        import json
-
-        nyquist = json.loads(load_checkpoint(checkpoint)["featurizer_config"])["sample_rate"] / 2
-    if nyquist is None:
-        from soundception.shared.config import FeaturizerConfig
-
-        nyquist = FeaturizerConfig().sample_rate / 2
+        vectors.append(_audio_query_vectors(group, audio_queries, trained))
+    nyquist = (trained.featurizer_config if trained else FeaturizerConfig()).sample_rate / 2
     hits = search.search(group, np.concatenate(vectors), top=top, exclude=() if include_queries else spans)
     folder = Path(out)
-    seconds = search.durations(group)
+    seconds = search.recording_seconds(group)
     complete = len(seconds) == group["file"].shape[0]
     write_file(folder / "search.csv", search.hits_csv(hits))
     write_file(folder / "search.selections.txt",
@@ -282,14 +276,13 @@ def search_command(embeddings: str, queries: tuple[str, ...], audio_queries: tup
     click.echo(f"{len(hits)} hit(s) in {folder / 'search.csv'} and {folder / 'search.selections.txt'}{best}")
 
 
-def _audio_query_vectors(group: Any, audio_queries: Sequence[str], checkpoint: str) -> Any:
+def _audio_query_vectors(group: Any, audio_queries: Sequence[str], trained: Any) -> Any:
     """Featurize and embed audio queries in a scratch folder with the corpus's checkpoint and windows."""
     from soundception.train import search
     from soundception.train.config import UserError
     from soundception.train.predict import PredictOptions, predict_store
-    from soundception.train.trained import load_trained_model
 
-    trained = load_trained_model(checkpoint)
+    checkpoint = trained.path
     if group.attrs.get("checkpoint_sha256") != trained.digest:
         raise UserError(f"{checkpoint} did not write these embeddings (their checkpoint_sha256 differs): "
                         "embed the queries with the same checkpoint")

@@ -43,6 +43,27 @@ def small_corpus(tmp_path: Path) -> Path:
     return root
 
 
+def synthetic_store(root: Path, config, *, rename: dict[str, str] | None = None, **dataset) -> str:
+    """``soundception synth``'s recordings (``dataset``: :func:`make_dataset`'s options) featurized
+    serially with ``config`` into ``root/s.zarr``; ``rename``: species id -> the label written for it."""
+    import csv
+
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.featurize.synthetic import make_dataset
+
+    info = make_dataset(root / "data", **dataset)
+    labels = Path(info["paths"]["labels"])
+    if rename:
+        with open(labels, newline="") as handle:
+            rows = list(csv.reader(handle))
+        with open(labels, "w", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(
+                [rows[0]] + [[r[0], rename.get(r[1], r[1]), *r[2:]] for r in rows[1:]])
+    store = str(root / "s.zarr")
+    featurize_store(info["paths"]["audio"], store, config=config, metadata=labels, labels="csv")
+    return store
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A tiny trained model for the prediction-side tests, made once per session.

@@ -7,7 +7,6 @@ classes are carried over by id, at other rows than in the base.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import synthetic_store
 from soundception.cli import main
 from soundception.train.checkpoint import file_digest, load_checkpoint
 from soundception.train.config import RunConfig, StageConfig, UserError
@@ -24,20 +24,8 @@ from soundception.train.loop import set_up, train
 
 @pytest.fixture(scope="module")
 def new_store(trained_run, tmp_path_factory):
-    from soundception.featurize.pipeline import featurize_store
-    from soundception.featurize.synthetic import make_dataset
-
-    root = tmp_path_factory.mktemp("finetune")
-    info = make_dataset(root / "data", n_species=3, files_per_species=4, min_seconds=3.0, max_seconds=6.0, seed=11)
-    labels = root / "data" / "labels.csv"
-    with open(labels, newline="") as handle:
-        rows = list(csv.reader(handle))
-    with open(labels, "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows(
-            [rows[0]] + [[r[0], "wren" if r[1] == "sp00" else r[1], r[2]] for r in rows[1:]])
-    store = str(root / "new.zarr")
-    featurize_store(info["paths"]["audio"], store, config=trained_run.config, metadata=labels, labels="csv")
-    return store
+    return synthetic_store(tmp_path_factory.mktemp("finetune"), trained_run.config, rename={"sp00": "wren"},
+                           n_species=3, files_per_species=4, min_seconds=3.0, max_seconds=6.0, seed=11)
 
 
 def run_config(trained_run, store, out, **changes):

@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from conftest import synthetic_store
 from soundception.cli import main
 from soundception.train.checkpoint import file_digest, load_checkpoint
 from soundception.train.config import UserError
@@ -26,19 +27,9 @@ from soundception.train.head import HeadOptions, fit_head, linear_weights, strat
 def site(trained_run, tmp_path_factory):
     """A store of 3 new species (labels wren, owl, lark), 5 recordings each, in the base model's config,
     and a head fitted on it."""
-    from soundception.featurize.pipeline import featurize_store
-    from soundception.featurize.synthetic import make_dataset
-
     root = tmp_path_factory.mktemp("site")
-    info = make_dataset(root / "data", n_species=3, files_per_species=5, min_seconds=3.0, max_seconds=6.0, seed=21)
-    labels = root / "data" / "labels.csv"
-    with open(labels, newline="") as handle:
-        rows = list(csv.reader(handle))
-    names = {"sp00": "wren", "sp01": "owl", "sp02": "lark"}
-    with open(labels, "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows([rows[0]] + [[r[0], names[r[1]], r[2]] for r in rows[1:]])
-    store = str(root / "site.zarr")
-    featurize_store(info["paths"]["audio"], store, config=trained_run.config, metadata=labels, labels="csv")
+    store = synthetic_store(root, trained_run.config, rename={"sp00": "wren", "sp01": "owl", "sp02": "lark"},
+                            n_species=3, files_per_species=5, min_seconds=3.0, max_seconds=6.0, seed=21)
     result = fit_head(trained_run.checkpoint, store, root / "head", options=HeadOptions(seed=1), progress=False)
     return store, root / "head", result
 

@@ -12,8 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from soundception.featurize.pipeline import featurize_store
-from soundception.featurize.synthetic import make_dataset
+from conftest import synthetic_store
 from soundception.shared.config import FeaturizerConfig
 from soundception.shared.reader import FeatureStore
 from soundception.train.augment import AugmentConfig
@@ -33,11 +32,8 @@ CONFIG = FeaturizerConfig(image_height=64, image_seconds=0.75, min_duration=4.0)
 
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("synthetic")
-    info = make_dataset(root / "data", n_species=3, files_per_species=8, min_seconds=3.0, max_seconds=8.0, seed=1)
-    featurize_store(info["paths"]["audio"], str(root / "s.zarr"), config=CONFIG,
-                    metadata=info["paths"]["labels"], labels="csv")
-    return str(root / "s.zarr")
+    return synthetic_store(tmp_path_factory.mktemp("synthetic"), CONFIG, n_species=3, files_per_species=8,
+                           min_seconds=3.0, max_seconds=8.0, seed=1)
 
 
 def tiny_config(store_url: str, out: Path, **changes) -> RunConfig:

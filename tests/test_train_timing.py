@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from torch.profiler import ProfilerActivity, profile
 
-from soundception.featurize.pipeline import featurize_store
-from soundception.featurize.synthetic import make_dataset
+from conftest import synthetic_store
 from soundception.shared.config import FeaturizerConfig
 from soundception.train.config import RunConfig, StageConfig
 from soundception.train.loop import STEP_PHASES, train
@@ -21,11 +20,8 @@ CONFIG = FeaturizerConfig(image_height=64, image_seconds=0.75, min_duration=4.0)
 
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("timing")
-    info = make_dataset(root / "data", n_species=2, files_per_species=3, min_seconds=3.0, max_seconds=5.0, seed=3)
-    featurize_store(info["paths"]["audio"], str(root / "s.zarr"), config=CONFIG,
-                    metadata=info["paths"]["labels"], labels="csv")
-    return str(root / "s.zarr")
+    return synthetic_store(tmp_path_factory.mktemp("timing"), CONFIG, n_species=2, files_per_species=3,
+                           min_seconds=3.0, max_seconds=5.0, seed=3)
 
 
 def short_config(store_url: str, out: Path, **changes) -> RunConfig:

@@ -35,7 +35,7 @@ import torch
 import zarr
 
 from soundception.shared import schema
-from soundception.train.checkpoint import load_checkpoint, save_checkpoint
+from soundception.train.checkpoint import save_checkpoint
 from soundception.train.config import UserError
 from soundception.train.dataset import Split, open_store, trainable_indices
 from soundception.train.metrics import mean_average_precision, one_hot
@@ -214,7 +214,7 @@ def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddi
     pipeline = classifier(c, options.seed).fit(x, y)
     fit_seconds = time.perf_counter() - started
     weight, bias = linear_weights(pipeline, len(store.classes))
-    path = write_head_checkpoint(checkpoint, trained, store, split, weight, bias, out / "head.pt", head={
+    path = write_head_checkpoint(trained, store, split, weight, bias, out / "head.pt", head={
         "base": {"path": str(checkpoint), "sha256": trained.digest, "step": trained.step}, "c": c,
         "cv_map": {str(k): v for k, v in scores.items()}, "windows": int(len(y)), "recordings": len(train_ids),
         "embed_seconds": round(embed_seconds, 3), "fit_seconds": round(fit_seconds, 3)})
@@ -223,11 +223,11 @@ def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddi
             "recordings": len(train_ids), "embed_seconds": embed_seconds, "fit_seconds": fit_seconds}
 
 
-def write_head_checkpoint(base: str | Path, trained: Any, store: Any, split: Split, weight: np.ndarray,
-                          bias: np.ndarray, path: Path, *, head: dict[str, Any]) -> Path:
-    """The base checkpoint with heads for ``store``'s classes: the main head's linear layer ``weight``
-    ``(K, features)`` and ``bias`` ``(K,)``, the auxiliary head zeroed; ``split`` and ``head`` recorded."""
-    payload = load_checkpoint(base)
+def write_head_checkpoint(trained: Any, store: Any, split: Split, weight: np.ndarray, bias: np.ndarray, path: Path,
+                          *, head: dict[str, Any]) -> Path:
+    """The base model (``trained``, :class:`train.trained.TrainedModel`) with heads for ``store``'s classes:
+    the main head's linear layer ``weight`` ``(K, features)`` and ``bias`` ``(K,)``, the auxiliary head
+    zeroed; ``split`` and ``head`` recorded."""
     model = trained.model
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     n = len(store.classes)
@@ -235,7 +235,8 @@ def write_head_checkpoint(base: str | Path, trained: Any, store: Any, split: Spl
     state["main_head.1.bias"] = torch.from_numpy(bias).float()
     state["aux_head.1.weight"] = torch.zeros(n, state["aux_head.1.weight"].shape[1])
     state["aux_head.1.bias"] = torch.zeros(n)
-    kept = {k: payload[k] for k in ("featurizer_config", "config_hash", "run_config", "step") if k in payload}
+    kept = {"featurizer_config": json.dumps(trained.featurizer_config.to_dict()), "config_hash": trained.config_hash,
+            "run_config": json.dumps(trained.run_config.to_dict()), "step": trained.step}  # the base's, as loaded
     return save_checkpoint(path, {**kept, "model": state, "split": json.dumps(split.to_dict()),
                                   "classes": json.dumps(store.classes), "class_names": json.dumps(store.class_names),
                                   "head": json.dumps(head)})

@@ -206,7 +206,7 @@ def search(group: zarr.Group, queries: np.ndarray, *, top: int = 100, exclude: S
     return hits
 
 
-def durations(group: zarr.Group) -> dict[str, float]:
+def recording_seconds(group: zarr.Group) -> dict[str, float]:
     """file id -> recording duration, s, in the group's order, where the group holds it (for a combined Raven table)."""
     ids, _, _, seconds = _files(group)
     return {i: float(s) for i, s in zip(ids, seconds) if np.isfinite(s)}
