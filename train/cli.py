@@ -96,6 +96,9 @@ def _augment_option(spec: str) -> Any:
               help="Loss = main + AUX_WEIGHT x auxiliary head.")
 @click.option("--multilabel", is_flag=True, help="BCE with background species as positives.")
 @click.option("--balanced", is_flag=True, help="Class-balanced sampling instead of uniform over files.")
+@click.option("--call-crops", type=click.FloatRange(0.0, 1.0), default=DEFAULT["call_crops"], show_default=True,
+              help="Share of training crops, of recordings with annotated calls, drawn to contain a call "
+                   "(needs a store featurized with --annotations; 0: the paper's uniform random crops).")
 @click.option("--augment", "augment_spec", default="default", show_default=True,
               help=f"Augmentation preset ({', '.join(AUGMENT_PRESET_NAMES)}), then optional key=value overrides "
                    "of train.augment.AugmentConfig's fields: 'paper,hue=0', 'default,contrast=0.8:1.2' "
@@ -121,8 +124,8 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
                   aux_attention: str, crop_seconds: float, stage1_steps: int, stage1_batch_size: int,
                   stage1_lr: float, stage1_warmup: int, stage2_steps: int, stage2_batch_size: int, stage2_lr: float,
                   stage2_warmup: int, optimizer: str, weight_decay: float, accumulation: int, aux_weight: float,
-                  multilabel: bool, balanced: bool, augment_spec: str, no_augment: bool, validation_fraction: float,
-                  seed: int,
+                  multilabel: bool, balanced: bool, call_crops: float, augment_spec: str, no_augment: bool,
+                  validation_fraction: float, seed: int,
                   workers: int, device: str, compile_model: bool, log_every: int, eval_every: int,
                   checkpoint_every: int, eval_batch_size: int, storage_options: dict | None, no_progress: bool,
                   attention_hidden: int, dropout: float, min_lr_ratio: float, grad_clip: float,
@@ -137,6 +140,7 @@ def train_command(store: str, out: str, resume: bool, backbone: str, pretrained:
         aux_attention=aux_attention,
         attention_hidden=attention_hidden, dropout=dropout,
         crop_seconds=crop_seconds, seed=seed, validation_fraction=validation_fraction, balanced=balanced,
+        call_crops=call_crops,
         stage1=StageConfig(steps=stage1_steps, batch_size=stage1_batch_size, lr=stage1_lr,
                            warmup_steps=stage1_warmup, train_backbone=False),
         stage2=StageConfig(steps=stage2_steps, batch_size=stage2_batch_size, lr=stage2_lr,

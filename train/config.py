@@ -92,6 +92,7 @@ class RunConfig:
     seed: int = 0
     validation_fraction: float = 0.1
     balanced: bool = False
+    call_crops: float = 0.0
     stage1: StageConfig = StageConfig(steps=2000, batch_size=8, lr=1e-3, warmup_steps=100, train_backbone=False)
     stage2: StageConfig = StageConfig(steps=20000, batch_size=4, lr=1e-4, warmup_steps=500, train_backbone=True)
     optimizer: str = "adamw"
@@ -130,6 +131,8 @@ class RunConfig:
             raise UserError(f"attention_hidden must be >= 1, got {self.attention_hidden}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.call_crops <= 1.0:
+            raise UserError(f"call_crops must be a fraction in [0, 1], got {self.call_crops}")
         if self.eval_max_files is not None and self.eval_max_files < 1:
             raise UserError(f"eval_max_files must be >= 1 (or None for all), got {self.eval_max_files}")
 

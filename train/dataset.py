@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,8 @@ def step_rng(seed: int, step: int, *keys: int) -> np.random.Generator:
 
 
 def sample_windows(rng: np.random.Generator, files: np.ndarray, n_frames: np.ndarray, labels: np.ndarray, *,
-                   batch_size: int, read_width: int, balanced: bool) -> list[tuple[int, int]]:
+                   batch_size: int, read_width: int, balanced: bool, calls: Sequence[np.ndarray] = (),
+                   call_fraction: float = 0.0) -> list[tuple[int, int]]:
     """Draw ``batch_size`` ``(file, start_column)`` pairs.
 
     Args:
@@ -115,6 +116,12 @@ def sample_windows(rng: np.random.Generator, files: np.ndarray, n_frames: np.nda
         read_width: px per window; the start is uniform over positions keeping the window inside
             the image (0 when the image is narrower; the reader zero-pads).
         balanced: draw a class uniformly first, then a file of that class; else uniform over files.
+        calls: per position in ``files``, an ``(E, 2)`` int array of its annotated calls' first and
+            last-plus-one columns (px); empty where a file has none.
+        call_fraction: the share of windows, of files with calls, that are drawn to contain a call:
+            one of the file's calls uniformly, then the start uniform over the starts whose window
+            holds the whole call (or lies inside a call longer than the window). 0 (the paper's
+            uniform crops) draws exactly what it drew before this option existed.
     """
     if balanced:
         classes = np.unique(labels)
@@ -124,7 +131,36 @@ def sample_windows(rng: np.random.Generator, files: np.ndarray, n_frames: np.nda
         picks = rng.integers(0, files.size, size=batch_size)
     spare = np.maximum(n_frames[picks] - read_width, 0)
     starts = np.floor(rng.random(batch_size) * (spare + 1)).astype(np.int64)
+    if call_fraction > 0:
+        on_call = rng.random(batch_size) < call_fraction
+        for i in np.flatnonzero(on_call):
+            events = calls[picks[i]]
+            if len(events):
+                starts[i] = call_start(rng, events[rng.integers(len(events))], read_width, int(spare[i]))
     return [(int(files[p]), int(s)) for p, s in zip(picks, starts)]
+
+
+def call_start(rng: np.random.Generator, call: np.ndarray, read_width: int, spare: int) -> int:
+    """A window start drawn uniformly among those whose ``read_width`` px window holds ``call``
+    (``[first, last + 1)`` px), or, for a call longer than the window, lies inside it; kept within
+    ``[0, spare]`` (a window reaching past the image end holds the call as far as the image does)."""
+    first, stop = int(call[0]), int(call[1])
+    low, high = sorted((first, stop - read_width))
+    low, high = min(max(low, 0), spare), min(max(high, 0), spare)
+    return int(low + np.floor(rng.random() * (high - low + 1)))
+
+
+def call_columns(store: FeatureStore, files: np.ndarray) -> list[np.ndarray]:
+    """Per file of ``files``, its annotated calls as ``(E, 2)`` int64 ``[first, last + 1)`` columns."""
+    events = store.events
+    pixels_per_second = store.config.pixels_per_second
+    columns = []
+    for index in files:
+        rows = events["event_file"] == index
+        first = np.floor(events["event_start_s"][rows] * pixels_per_second)
+        stop = np.maximum(np.ceil(events["event_end_s"][rows] * pixels_per_second), first + 1)
+        columns.append(np.stack([first, stop], axis=1).astype(np.int64).reshape(-1, 2))
+    return columns
 
 
 class WindowSampler:
@@ -138,7 +174,7 @@ class WindowSampler:
 
     def __init__(self, store: FeatureStore, files: np.ndarray, *, batch_size: int, read_width: int, seed: int,
                  start_step: int = 0, stop_step: int, accumulation: int = 1, balanced: bool = False,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, call_fraction: float = 0.0) -> None:
         if batch_size < 1 or accumulation < 1:
             raise ValueError("batch_size and accumulation must be >= 1")
         self.files = np.asarray(files, dtype=np.int64)
@@ -149,6 +185,8 @@ class WindowSampler:
         self.batch_size, self.read_width, self.seed = batch_size, read_width, seed
         self.start_step, self.stop_step, self.accumulation = start_step, stop_step, accumulation
         self.balanced, self.rank, self.world_size = balanced, rank, world_size
+        self.call_fraction = float(call_fraction)
+        self.calls = call_columns(store, self.files) if self.call_fraction > 0 else []
 
     def global_micro_batch(self, micro_batch: int) -> int:
         """Index of this rank's ``micro_batch`` among all micro-batches of a step, on all ranks."""
@@ -157,7 +195,8 @@ class WindowSampler:
     def batch(self, step: int, micro_batch: int = 0) -> list[tuple[int, int]]:
         rng = step_rng(self.seed, step, self.global_micro_batch(micro_batch))
         return sample_windows(rng, self.files, self.n_frames, self.labels, batch_size=self.batch_size,
-                              read_width=self.read_width, balanced=self.balanced)
+                              read_width=self.read_width, balanced=self.balanced, calls=self.calls,
+                              call_fraction=self.call_fraction)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.stop_step):

@@ -125,6 +125,9 @@ def set_up(config: RunConfig, *, resume: bool) -> tuple[Run, dict[str, Any] | No
     store = open_store(config.store, config.storage_options)
     if not store.classes:
         raise UserError(f"{config.store} has no classes: featurize it with labels")
+    if config.call_crops > 0 and not len(store.events["event_file"]):
+        raise UserError(f"--call-crops needs call annotations, and {config.store} has none "
+                        "(featurize it with --annotations)")
     check_run_folder(config.out)
     payload = resumed_checkpoint(config, store) if resume else None
     if payload is None and latest_checkpoint(config.out) is not None:
@@ -334,7 +337,7 @@ def stage_batches(run: Run, stage: StageConfig, step: int, stage_end: int
     sampler = WindowSampler(run.store, np.array(run.split.train), batch_size=stage.batch_size,
                             read_width=run.window_width, seed=config.seed, start_step=step, stop_step=stage_end,
                             accumulation=config.accumulation, balanced=config.balanced, rank=runtime.rank,
-                            world_size=runtime.world_size)
+                            world_size=runtime.world_size, call_fraction=config.call_crops)
     loader = make_loader(WindowDataset(run.store, width=run.window_width), sampler, num_workers=config.num_workers,
                          pin_memory=runtime.cuda)
     return sampler, iter(loader)
