@@ -81,3 +81,4 @@ bench: $(VENV)/.dev-installed bench/data/real
 	$(PY) bench/long_recording.py --hours 1 10
 	$(PY) bench/search.py
 	$(PY) bench/head.py
+	$(PY) bench/transfer.py

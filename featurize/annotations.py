@@ -19,6 +19,12 @@ Formats (``--annotations-format``):
   the recording is the label file's stem.
 * ``csv``: ``path,start,end,label[,low_hz,high_hz]`` (optional header starting with ``path``);
   ``path`` relative to the audio root.
+* ``decisions``: the CSV a review round exports (``soundception review``), with the header
+  ``file,start,end,predicted,score,decision,label,weight,path`` (columns found by name; ``score``,
+  ``weight`` and ``path`` optional). A ``correct`` detection is an event of ``predicted``, an
+  ``other`` one an event of the species in ``label``, a ``wrong`` one an event of
+  :data:`NOISE_LABEL` (an example of "none of the predicted species here", as BirdNET-Analyzer's
+  custom classifiers learn a noise class); ``unsure`` rows are ignored and counted.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from pathlib import Path, PurePosixPath
 
 from soundception.featurize.labels import MetadataError, _csv_body, _utf8
 
-FORMATS = ("auto", "raven", "audacity", "csv")
+FORMATS = ("auto", "raven", "audacity", "csv", "decisions")
+NOISE_LABEL = "noise"  # the class of reviewed detections marked wrong
+DECISIONS = ("correct", "wrong", "other", "unsure")
+DECISION_COLUMNS = ("file", "start", "end", "predicted", "decision", "label")  # required, found by name
 RAVEN_LABEL_COLUMNS = ("Species", "Annotation", "Species Code", "Common Name", "Label", "Class")
 BEGIN, END, LOW, HIGH = "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)"
 FILE_OFFSET, BEGIN_FILE, BEGIN_PATH = "File Offset (s)", "Begin File", "Begin Path"
@@ -232,11 +241,56 @@ def read_annotation_csv(text: str, name: str) -> list[Event]:
     return events
 
 
+def read_decisions(text: str, name: str) -> tuple[list[Event], int]:
+    """Events of a review round's decisions CSV (see the module docstring), and how many rows were
+    ``unsure`` (ignored).
+
+    Raises:
+        AnnotationError: a missing column, an unknown decision, a ``correct`` row whose label is not
+            its prediction, an ``other`` row without a label, or the checks of every format, naming
+            the line.
+    """
+    body, delimiter = _csv_body(text, name)
+    reader = csv.reader(io.StringIO(body, newline=""), delimiter=delimiter)
+    header = [field.strip().lower() for field in next(reader, [])]
+    missing = [column for column in DECISION_COLUMNS if column not in header]
+    if missing:
+        raise AnnotationError(f"{name}: line 1: a decisions table needs the column(s) {', '.join(missing)} "
+                              f"(header {','.join(DECISION_COLUMNS)},...)")
+    at = {column: header.index(column) for column in header}
+    events, unsure = [], 0
+    for row in reader:
+        where = f"{name}: line {reader.line_num}"
+        if not any(field.strip() for field in row):
+            continue
+        if len(row) != len(header):
+            raise AnnotationError(f"{where}: {len(row)} field(s), the header has {len(header)}")
+        cell = {column: row[at[column]].strip() for column in at}
+        decision, predicted, label = cell["decision"].lower(), cell["predicted"], cell["label"]
+        if decision not in DECISIONS:
+            raise AnnotationError(f"{where}: decision {cell['decision']!r} is not one of {', '.join(DECISIONS)}")
+        if decision == "unsure":
+            unsure += 1
+            continue
+        if decision == "correct" and label and label != predicted:
+            raise AnnotationError(f"{where}: a correct detection's label {label!r} is not its prediction {predicted!r} "
+                                  "(mark it 'other' to correct the species)")
+        if decision == "other" and not label:
+            raise AnnotationError(f"{where}: an 'other' decision needs the right species in the label column")
+        species = {"correct": predicted, "other": label, "wrong": NOISE_LABEL}[decision]
+        events.append(_event(Path(cell["file"]).as_posix(), _number(cell["start"], "start", where),
+                             _number(cell["end"], "end", where), math.nan, math.nan, species, where))
+    return events, unsure
+
+
 def detect_format(name: str, text: str) -> str:
-    """``raven``, ``audacity`` or ``csv`` for a file, from its header or its extension."""
-    head = text.split("\n", 1)[0]
+    """``raven``, ``audacity``, ``decisions`` or ``csv`` for a file, from its header or its extension."""
+    head = text.lstrip("\ufeff").split("\n", 1)[0]
     if BEGIN in head and "\t" in head:
         return "raven"
+    columns = {column.strip().lower() for column in head.replace("\t", ",").split(",")}
+    if {"decision", "predicted"} <= columns:
+        return "decisions"
     if name.lower().endswith(".csv"):
         return "csv"
     return "audacity"
@@ -253,8 +307,11 @@ def annotation_files(path: str | Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
 
 
-def read_annotations(path: str | Path, *, format: str = "auto", label_column: str | None = None) -> list[Event]:
+def read_annotations(path: str | Path, *, format: str = "auto", label_column: str | None = None,
+                     notes: list[str] | None = None) -> list[Event]:
     """Every event in the file or folder ``path`` (format per file by header/extension, or ``format``).
+
+    ``notes``: where a line per decisions table with ``unsure`` rows is added (how many were ignored).
 
     Raises:
         AnnotationError: the first malformed file, in one line naming it and the line.
@@ -270,6 +327,11 @@ def read_annotations(path: str | Path, *, format: str = "auto", label_column: st
             events += read_raven(text, str(file), label_column=label_column)
         elif kind == "audacity":
             events += read_audacity(text, str(file))
+        elif kind == "decisions":
+            found, unsure = read_decisions(text, str(file))
+            events += found
+            if unsure and notes is not None:
+                notes.append(f"{file}: {unsure} unsure decision(s) ignored")
         else:
             events += read_annotation_csv(text, str(file))
     return events
@@ -346,10 +408,14 @@ def labels_from_events(events: Sequence[tuple[str, float, float]]) -> tuple[str,
 
     The main label is the class with the most annotated time (union of its calls; ties go to the
     first class id in sorted order); the background is every other annotated class, sorted.
+    :data:`NOISE_LABEL` (reviewed detections marked wrong) is the label only of a recording with no
+    other annotated class, and never a background of one that has.
     """
     if not events:
         return "", ()
     time = {label: union_seconds((s, e) for c, s, e in events if c == label) for label in {c for c, _, _ in events}}
+    if len(time) > 1:
+        time.pop(NOISE_LABEL, None)
     main = min(time, key=lambda label: (-time[label], label))
     return main, tuple(sorted(label for label in time if label != main))
 

@@ -27,8 +27,10 @@ _DEFAULT = FeaturizerConfig()
 @click.option("--annotations", type=click.Path(exists=True), default=None,
               help="Call annotations: a Raven selection table, an Audacity label file, a CSV "
                    "(path,start,end,label[,low_hz,high_hz]) or a folder of them; stored as the store's events.")
-@click.option("--annotations-format", type=click.Choice(["auto", "raven", "audacity", "csv"]), default="auto",
-              show_default=True, help="Format of the --annotations files (auto: Raven header, .csv, else Audacity).")
+@click.option("--annotations-format", type=click.Choice(["auto", "raven", "audacity", "csv", "decisions"]),
+              default="auto", show_default=True,
+              help="Format of the --annotations files (auto: Raven header, a review's decisions header, .csv, "
+                   "else Audacity).")
 @click.option("--annotation-label-column", default=None,
               help="The species column of Raven tables [default: Species, Annotation, Species Code, ...].")
 @click.option("--annotations-report", type=click.Path(dir_okay=False), default=None,

@@ -313,8 +313,11 @@ def featurize_store(audio_root: str | Path, store_url: str, *, config: Featurize
     audio_root, store_url = normalize(audio_root), normalize(store_url)
     metadata = normalize(metadata) if metadata else metadata
     labelling = label_recordings(audio_root, metadata=metadata, source=labels, storage_options=storage_options)
-    events = (read_annotations(annotations, format=annotations_format, label_column=annotation_label_column)
-              if annotations is not None else None)
+    annotation_notes: list[str] = []
+    events = (read_annotations(annotations, format=annotations_format, label_column=annotation_label_column,
+                               notes=annotation_notes) if annotations is not None else None)
+    if annotation_notes:
+        labelling = dataclasses.replace(labelling, notes=list(labelling.notes) + annotation_notes)
     if only is not None:
         wanted = set(only)
         labelling = dataclasses.replace(labelling, recordings=[r for r in labelling.recordings if r.id in wanted])

@@ -10,7 +10,9 @@ class-balanced multinomial logistic regression (scikit-learn) on standardised fe
 
 Every window of a training recording is an example of the recording's label (at most
 ``windows_per_recording`` of them, drawn with the seed, so long recordings do not outweigh short
-ones). The regularisation C is chosen from a small grid by cross-validation over recordings
+ones); in a recording with annotated calls (``featurize --annotations``, a review's decisions
+included), the windows over its calls are examples of their calls' classes instead. The
+regularisation C is chosen from a small grid by cross-validation over recordings
 (folds never split a recording), scored by the recording MAP of the mean window probabilities,
 which is how ``predict`` and ``evaluate`` score a recording.
 
@@ -38,7 +40,7 @@ from soundception.shared import schema
 from soundception.train.checkpoint import save_checkpoint
 from soundception.train.config import UserError
 from soundception.train.dataset import Split, open_store, trainable_indices
-from soundception.train.metrics import mean_average_precision, one_hot
+from soundception.train.metrics import mean_average_precision
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
@@ -83,13 +85,41 @@ def stratified_split(store: Any, labels: np.ndarray, *, fraction: float, seed: i
                  seed=seed, validation_fraction=fraction)
 
 
+def event_windows(starts: np.ndarray, window_s: float, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which windows are examples of which annotated call's class.
+
+    Args:
+        starts: ``(W,)`` window starts, s; window_s: their length, s.
+        events: ``(E, 3)`` rows ``(start_s, end_s, class index)``.
+
+    Returns:
+        ``(window positions, classes)``, one pair per window and call it overlaps by at least half
+        the call or half the window, whichever is shorter (a short call inside a window, or a window
+        inside a long call); windows overlapping no call give none.
+    """
+    if not len(events) or not len(starts):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    begin, end = events[:, 0][None, :], events[:, 1][None, :]
+    overlap = np.minimum(starts[:, None] + window_s, end) - np.maximum(starts[:, None], begin)
+    enough = overlap >= 0.5 * np.minimum(end - begin, window_s) - 1e-9
+    windows, calls = np.nonzero(enough & (overlap > 0))
+    return windows.astype(np.int64), events[calls, 2].astype(np.int64)
+
+
 def window_examples(group: zarr.Group, file_ids: list[str], labels: np.ndarray, *, per_recording: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    seed: int, events: dict[str, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(X (n, features) float64, y (n,) class index, recording (n,) position in file_ids)``.
 
     A recording's windows that start within its duration (not in a short clip's repeat), at most
-    ``per_recording`` of them, drawn with ``seed``.
+    ``per_recording`` of them, drawn with ``seed``, each an example of the recording's label. A
+    recording with annotated calls (``events``: file id -> ``(E, 3)`` rows ``(start_s, end_s, class
+    index)``) gives instead the windows over its calls, each an example of its call's class
+    (:func:`event_windows`); windows over no call are left out, since a call not annotated may sound
+    in them.
     """
+    events = events or {}
+    window_s = float(group.attrs.get("window_seconds", 0.0))
     ids = schema.as_strings(group["file"][...]).tolist()
     row = {file_id: k for k, file_id in enumerate(ids)}
     missing = [f for f in file_ids if f not in row]
@@ -108,11 +138,28 @@ def window_examples(group: zarr.Group, file_ids: list[str], labels: np.ndarray, 
         starts = group["start_s"][k, :count]
         usable = np.flatnonzero(~(starts >= durations[k])) if np.isfinite(durations[k]) else np.arange(count)
         usable = usable if usable.size else np.arange(1)
-        chosen = np.sort(rng.choice(usable, size=min(per_recording, usable.size), replace=False))
-        xs.append(group["embedding"][k, :count][chosen].astype(np.float64))
-        ys.append(np.full(len(chosen), label))
-        recs.append(np.full(len(chosen), position))
+        windows, classes = event_windows(starts[usable], window_s, events.get(file_id, np.zeros((0, 3))))
+        if windows.size:  # examples from the annotated calls
+            chosen = np.sort(rng.choice(windows.size, size=min(per_recording, windows.size), replace=False))
+            rows, y = usable[windows[chosen]], classes[chosen]
+        else:
+            rows = np.sort(rng.choice(usable, size=min(per_recording, usable.size), replace=False))
+            y = np.full(len(rows), label)
+        xs.append(group["embedding"][k, :count][rows].astype(np.float64))
+        ys.append(y)
+        recs.append(np.full(len(rows), position))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(recs)
+
+
+def calls_by_file(store: Any) -> dict[str, np.ndarray]:
+    """The store's annotated calls, file id -> ``(E, 3)`` float rows ``(start_s, end_s, class index)``."""
+    events = store.events
+    found: dict[str, np.ndarray] = {}
+    for index in np.unique(events["event_file"]):
+        rows = events["event_file"] == index
+        found[str(store.ids[index])] = np.stack([events["event_start_s"][rows], events["event_end_s"][rows],
+                                                 events["event_class"][rows].astype(np.float64)], axis=1)
+    return found
 
 
 def classifier(c: float, seed: int) -> Any:
@@ -128,8 +175,10 @@ def recording_map(probabilities: np.ndarray, recordings: np.ndarray, labels: np.
     """BirdCLEF MAP of each recording's mean window probabilities (rows of ``probabilities`` by recording)."""
     order = np.unique(recordings)
     means = np.stack([probabilities[recordings == r].mean(axis=0) for r in order])
-    truth = np.array([labels[recordings == r][0] for r in order])
-    return mean_average_precision(means, one_hot(truth, n_classes).astype(bool))
+    relevant = np.zeros((len(order), n_classes), dtype=bool)
+    for row, r in enumerate(order):  # every class a recording's examples are of (several with calls annotated)
+        relevant[row, np.unique(labels[recordings == r])] = True
+    return mean_average_precision(means, relevant)
 
 
 def choose_c(x: np.ndarray, y: np.ndarray, recordings: np.ndarray, n_classes: int,
@@ -194,7 +243,10 @@ def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddi
     labels = np.asarray(store.table["label"])
     split = stratified_split(store, labels, fraction=options.validation_fraction, seed=options.seed)
     train_ids = list(split.train_ids)
-    missing = sorted(set(range(len(store.classes))) - set(labels[list(split.train)].tolist()))
+    calls = calls_by_file(store)
+    seen = set(labels[list(split.train)].tolist())
+    seen |= {int(c) for f in train_ids for c in calls.get(f, np.zeros((0, 3)))[:, 2]}
+    missing = sorted(set(range(len(store.classes))) - seen)
     if missing:
         raise UserError(f"class {store.classes[missing[0]]!r} has no recording to fit on ({len(missing)} such class(es))")
     started = time.perf_counter()
@@ -209,7 +261,8 @@ def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddi
     embed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     x, y, recordings = window_examples(group, train_ids, labels[list(split.train)],
-                                       per_recording=options.windows_per_recording, seed=options.seed)
+                                       per_recording=options.windows_per_recording, seed=options.seed,
+                                       events=calls)
     c, scores = choose_c(x, y, recordings, len(store.classes), options)
     pipeline = classifier(c, options.seed).fit(x, y)
     fit_seconds = time.perf_counter() - started
