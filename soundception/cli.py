@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     "synth": ("soundception.featurize.cli", "synth_command"),
     "train": ("soundception.train.cli", "train_command"),
     "evaluate": ("soundception.train.cli", "evaluate_command"),
-    "fit-head": ("soundception.train.cli", "fit_head_command"),
+    "fit-head": ("soundception.compose", "fit_head_command"),
     "predict": ("soundception.compose", "predict_command"),
     "explain": ("soundception.compose", "explain_command"),
     "score": ("soundception.train.score", "score_command"),

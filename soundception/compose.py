@@ -308,3 +308,92 @@ def _audio_query_vectors(group: Any, audio_queries: Sequence[str], trained: Any)
         ids = {str(Path(path).resolve()): file_id for file_id, path in files.items()}
         return search.query_vectors(scratch_group, [search.Span(ids[str(Path(s.file).resolve())], s.start_s, s.end_s)
                                                     for s in spans])
+
+
+@click.command("fit-head")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The base model (a training checkpoint).")
+@click.option("--store", default=None, help="Labelled recordings of your species, featurized with the base's config.")
+@click.option("--audio", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Or a folder of labelled recordings: one subfolder per species (or --metadata), featurized "
+                   "with the base's config into OUT/store.zarr (kept; a rerun reuses it).")
+@click.option("--metadata", type=click.Path(exists=True), default=None,
+              help="With --audio: labels from a CSV path,label[,background] or BirdCLEF XML instead of subfolders.")
+@click.option("--annotations", type=click.Path(exists=True), default=None,
+              help="With --audio: call annotations (Raven, Audacity, CSV, a review's decisions); the windows over "
+                   "each call become examples of its species.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for head.pt (and the embeddings).")
+@click.option("--embeddings", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Embeddings of STORE that predict --embeddings wrote with this checkpoint [default: embed here].")
+@click.option("--validation-fraction", type=float, default=0.2, show_default=True,
+              help="Recordings held out per class (none of a class with fewer than 3).")
+@click.option("--windows-per-recording", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass (embedding).")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader processes (embedding).")
+@click.option("--featurize-workers", type=int, default=None,
+              help="With --audio: local dask workers (0: in this process) [default: by amount of audio].")
+@click.option("--no-progress", is_flag=True)
+@command_errors(interrupted="interrupted: embeddings written so far are kept; rerun the same command to go on",
+                explain=explain_error)
+def fit_head_command(checkpoint: str, store: str | None, audio: str | None, metadata: str | None,
+                     annotations: str | None, out: str, embeddings: str | None, validation_fraction: float,
+                     windows_per_recording: int, seed: int, device: str, batch_size: int, workers: int,
+                     featurize_workers: int | None, no_progress: bool) -> None:
+    """Fit a linear head for your species on a trained model's embeddings (few-shot; seconds on a CPU),
+    from a --store or from labelled --audio."""
+    from soundception.train.head import HeadOptions, fit_head
+    from soundception.train.trained import load_trained_model
+
+    if bool(store) == bool(audio):
+        raise click.UsageError("give either --store or --audio, not both and not neither")
+    if (metadata or annotations) and not audio:
+        raise click.UsageError("--metadata and --annotations go with --audio (a --store holds its labels already)")
+    if windows_per_recording < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--windows-per-recording")
+    trained = load_trained_model(checkpoint, device)
+    if audio:
+        store = featurize_labelled(audio, Path(out), trained.featurizer_config, metadata=metadata,
+                                   annotations=annotations, workers=featurize_workers, progress=not no_progress)
+    result = fit_head(checkpoint, str(store), out, embeddings=embeddings, device=device, batch_size=batch_size,
+                      workers=workers, progress=not no_progress, trained=trained,
+                      options=HeadOptions(validation_fraction=validation_fraction,
+                                          windows_per_recording=windows_per_recording, seed=seed))
+    scores = ", ".join(f"C={c:g}: {v:.3f}" for c, v in result["cv_map"].items()) or "not cross-validated"
+    held = result["validation"]
+    held = (f"held-out MAP {held['map']:.3f} on {held['n_recordings']} recordings" if held
+            else "no recordings held out")
+    click.echo(f"wrote {result['checkpoint']}: {result['recordings']} recordings, {result['windows']} windows, "
+               f"C={result['c']:g} (cross-validated MAP {scores}); {held}; embedding {result['embed_seconds']:.1f} s, "
+               f"fit {result['fit_seconds']:.1f} s")
+
+
+def featurize_labelled(audio: str, out: Path, featurizer_config: Any, *, metadata: str | None,
+                       annotations: str | None, workers: int | None, progress: bool) -> str:
+    """Featurize a folder of labelled recordings into ``OUT/store.zarr`` with the base checkpoint's
+    featurizer config; labels from subfolders, or ``metadata``; calls from ``annotations``. Returns the store.
+
+    A recording that fails to featurize is left out and named on stderr, one line each.
+
+    Raises:
+        UserError: no recording could be featurized.
+    """
+    from soundception.featurize.cluster import local_cluster
+    from soundception.featurize.labels import discover_audio
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.shared.errors import UserError
+    store = out / "store.zarr"
+    serial = workers == 0 or (workers is None and total_seconds(str(p) for p in discover_audio(audio))
+                                                 < SERIAL_SECONDS)
+    with contextlib.nullcontext() if serial else local_cluster(workers) as client:
+        summary = featurize_store(audio, str(store), config=featurizer_config, metadata=metadata,
+                                  labels="auto" if metadata else "folders", client=client, annotations=annotations)
+    if progress:
+        for line in summary.lines():
+            click.echo(line, err=True)
+    for file_id, reason in summary.failures:  # a broken file is left out, named; the rest still fit
+        click.echo(f"left out {file_id}: {reason}", err=True)
+    if summary.done + summary.skipped == 0:
+        raise UserError(f"no recording of {audio} could be featurized")
+    return str(store)

@@ -124,3 +124,35 @@ def test_the_split_holds_out_per_class_and_keeps_small_classes_whole(site):
     labels[np.flatnonzero(labels == 1)[:3]] = -1  # class 1 left with 2 recordings: all train
     small = stratified_split(store, labels, fraction=0.2, seed=0)
     assert sorted(labels[list(small.validation)].tolist()) == [0]
+
+
+def test_fit_head_from_a_folder_of_labelled_recordings(trained_run, site, tmp_path):
+    """--audio (one subfolder per species) featurizes with the base's config into OUT/store.zarr, the
+    same images as the store route, and fits a head for the folders' classes; a broken file is left
+    out and named."""
+    import shutil
+
+    from soundception.train.trained import load_trained_model
+
+    store_url, _, result = site
+    reference = open_store(store_url)
+    broken = tmp_path / "audio"
+    shutil.copytree(reference.attrs["audio_root"], broken)
+    (broken / "sp00" / "XC999999.wav").write_bytes(b"RIFF" + bytes(40))
+    out = tmp_path / "head"
+    ran = CliRunner().invoke(main, ["fit-head", "--checkpoint", str(trained_run.checkpoint), "--audio", str(broken),
+                                    "--out", str(out), "--seed", "1", "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    assert "left out sp00/XC999999.wav: cannot decode audio" in ran.output
+    made = open_store(str(out / "store.zarr"))
+    assert made.config_hash == reference.config_hash
+    for file_id in reference.ids:
+        mine = list(made.ids).index(file_id)
+        np.testing.assert_array_equal(made.image(mine), reference.image(list(reference.ids).index(file_id)))
+        assert made.classes[made.table["label"][mine]] == file_id.split("/")[0]
+    head = load_trained_model(out / "head.pt")
+    assert head.classes == ["sp00", "sp01", "sp02"]
+    assert json.loads(load_checkpoint(out / "head.pt")["head"])["recordings"] == 12  # 15 minus 3 held out
+    both = CliRunner().invoke(main, ["fit-head", "--checkpoint", str(trained_run.checkpoint), "--audio", str(broken),
+                                     "--store", store_url, "--out", str(out)])
+    assert both.exit_code == 2 and "either --store or --audio" in both.output

@@ -219,8 +219,10 @@ def linear_weights(pipeline: Any, n_classes: int) -> tuple[np.ndarray, np.ndarra
 
 def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddings: str | Path | None = None,
              options: HeadOptions = HeadOptions(), device: str = "cpu", batch_size: int = 8, workers: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, trained: Any = None) -> dict[str, Any]:
     """Fit a head for ``store_url``'s classes on ``checkpoint``'s embeddings; write ``OUT/head.pt``.
+
+    ``trained``: the checkpoint already loaded (:func:`train.trained.load_trained_model`), if it is.
 
     The store must be featurized with the checkpoint's config. Embeddings come from ``embeddings``
     (a Zarr that ``predict --embeddings`` wrote with this checkpoint) or are written to
@@ -235,7 +237,7 @@ def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddi
     from soundception.train.trained import load_trained_model
 
     out = Path(out)
-    trained = load_trained_model(checkpoint, device)
+    trained = trained or load_trained_model(checkpoint, device)
     store = open_store(store_url)
     trained.check_store(store)
     if not store.classes:
