@@ -47,7 +47,7 @@ def commands(root) -> dict[str, tuple[list[str], str, str]]:
                      "--out", str(root / "why.png")], "soundception.train.trained", "load_trained_model"),
         "score": ([str(root / "run.txt"), str(root / "truth.csv")], "soundception.train.score", "read_run_file"),
         "fit-head": (["--checkpoint", str(root / "last.pt"), "--store", str(root / "s.zarr"), "--out",
-                      str(root / "head")], "soundception.train.head", "fit_head"),
+                      str(root / "head")], "soundception.train.trained", "load_trained_model"),
         "search": (["--embeddings", str(root / "emb.zarr"), "--query", "a.wav", "--out", str(root / "found")],
                    "soundception.train.search", "query_vectors"),
     }
