@@ -313,3 +313,42 @@ def test_an_interrupted_write_of_the_events_is_seen_and_redone_by_a_rerun(audio,
     assert featurize.summary.skipped == 3  # images kept
     assert any("half-written" in note for note in featurize.summary.notes)
     same(stored(store), TRUTH)
+
+
+def test_event_arrays_of_another_length_than_their_count_are_refused(audio, tmp_path):
+    import zarr
+
+    from soundception.shared.reader import StoreError
+
+    url = tmp_path / "s.zarr"
+    featurize(audio, url, raven_multi_file(tmp_path / "ann", TRUTH), labels="none")
+    group = zarr.open_group(str(url), mode="r+")
+    assert group.attrs["event_count"] == len(TRUTH)
+    group["event_class"].resize((len(TRUTH) - 1,))  # the count is there, one array is short
+    with pytest.raises(StoreError, match="interrupted while writing them"):
+        _ = FeatureStore(str(url)).events
+
+
+def test_a_write_of_the_events_that_fails_half_way_leaves_no_count(audio, tmp_path, monkeypatch):
+    import zarr
+
+    from soundception.featurize import store as store_io
+
+    url = tmp_path / "s.zarr"
+    featurize(audio, url, raven_multi_file(tmp_path / "ann", TRUTH), labels="none")
+    group = zarr.open_group(str(url), mode="r+")
+    table = {name: np.asarray(group[name][...]) for name in store_io.schema.PER_EVENT}
+    real_vector = zarr.Array.resize
+    calls = []
+
+    def resize_then_fail(self, shape):  # the third array's resize dies, as a crash would
+        calls.append(self.path)
+        if len(calls) == 3:
+            raise OSError("disk went away")
+        return real_vector(self, shape)
+
+    monkeypatch.setattr(zarr.Array, "resize", resize_then_fail)
+    with pytest.raises(OSError, match="disk went away"):
+        store_io.write_events(group, {name: values[:-1] for name, values in table.items()})
+    monkeypatch.undo()
+    assert "event_count" not in zarr.open_group(str(url), mode="r").attrs
