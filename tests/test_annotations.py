@@ -338,14 +338,14 @@ def test_a_write_of_the_events_that_fails_half_way_leaves_no_count(audio, tmp_pa
     featurize(audio, url, raven_multi_file(tmp_path / "ann", TRUTH), labels="none")
     group = zarr.open_group(str(url), mode="r+")
     table = {name: np.asarray(group[name][...]) for name in store_io.schema.PER_EVENT}
-    real_vector = zarr.Array.resize
+    real_resize = zarr.Array.resize
     calls = []
 
     def resize_then_fail(self, shape):  # the third array's resize dies, as a crash would
         calls.append(self.path)
         if len(calls) == 3:
             raise OSError("disk went away")
-        return real_vector(self, shape)
+        return real_resize(self, shape)
 
     monkeypatch.setattr(zarr.Array, "resize", resize_then_fail)
     with pytest.raises(OSError, match="disk went away"):
