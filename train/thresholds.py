@@ -86,7 +86,7 @@ def precision_at(scores: np.ndarray, right: np.ndarray, weight: np.ndarray | Non
     order = np.argsort(-scores, kind="stable")
     s, w = scores[order], weight[order]
     kept_right, kept = np.cumsum(w * right[order]), np.cumsum(w)
-    last = np.r_[s[1:] != s[:-1], True]  # the last position of each distinct score: ties kept together
+    last = np.r_[s[1:] != s[:-1], True][:s.size]  # the last position of each distinct score: ties kept together
     return s[last], kept_right[last] / kept[last]
 
 
