@@ -185,29 +185,33 @@ def read_calibration(path: str | Path, digest: str) -> dict[str, Platt | None]:
 
 def reliability_figure(path: str | Path, panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> Path:
     """A reliability curve per panel ``(title, scores, calibrated, truth)``: fraction present against
-    mean score per bin, before and after, with the ECE of each in the legend."""
+    mean probability per bin, before and after, with the ECE of each in the legend; below it, the
+    number of pairs per bin (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
-    for axis, (title, before, after, truth) in zip(axes[0], panels):
-        axis.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
-        for name, values, colour in (("raw score", before, "tab:red"), ("calibrated (held out)", after, "tab:blue")):
+    figure, axes = plt.subplots(2, len(panels), figsize=(5.2 * len(panels), 7.0), squeeze=False,
+                                gridspec_kw={"height_ratios": [3, 1]}, sharex="col")
+    centres = (np.arange(BINS) + 0.5) / BINS
+    for column, (title, before, after, truth) in enumerate(panels):
+        curve, counts = axes[0, column], axes[1, column]
+        curve.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+        kinds = (("raw score", before, "tab:red", -0.02), ("calibrated (held out)", after, "tab:blue", 0.02))
+        for name, values, colour, shift in kinds:
             count, confidence, frequency = reliability(values, truth, bins=BINS)
             filled = count > 0
             ece = expected_calibration_error(values, truth, bins=BINS)
-            axis.plot(confidence[filled], frequency[filled], marker="o", color=colour,
-                      label=f"{name}: ECE {ece:.3f}")
-            for x, y, n in zip(confidence[filled], frequency[filled], count[filled]):
-                axis.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
-        axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability in the bin",
-                 ylabel="fraction of pairs where the species is present",
-                 title=f"{title} ({truth.size} pairs, {BINS} bins)")
-        axis.set_aspect("equal")
-        axis.grid(alpha=0.3)
-        axis.legend(loc="upper left", fontsize=8)
+            curve.plot(confidence[filled], frequency[filled], marker="o", color=colour, label=f"{name}: ECE {ece:.3f}")
+            counts.bar(centres + shift, count, width=0.04, color=colour)
+        curve.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="fraction where the species is present",
+                  title=f"{title}: {truth.size} (item, species) pairs")
+        curve.grid(alpha=0.3)
+        curve.legend(loc="upper left", fontsize=8)
+        counts.set(yscale="log", xlabel="predicted probability (mean of the bin above; bin below)",
+                   ylabel="pairs per bin", xticks=np.linspace(0, 1, BINS + 1))
+        counts.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
