@@ -250,6 +250,12 @@ def thresholds_command(decisions: str | None, checkpoint: str | None, store: str
 
             trained = load_trained_model(checkpoint)
             classes, names = list(trained.classes), list(trained.class_names)
+            unknown = sorted(set(found.class_id.tolist()) - set(classes))
+            if unknown:
+                from soundception.train.config import UserError
+
+                raise UserError(f"{decisions} proposes {len(unknown)} class(es) {checkpoint} does not know, "
+                                f"e.g. {unknown[0]!r}")
     else:
         from soundception.train.calibrate import read_calibration, validation_scores
         from soundception.train.checkpoint import file_digest
