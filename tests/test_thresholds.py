@@ -143,3 +143,29 @@ def test_predict_refuses_thresholds_for_classes_the_checkpoint_lacks(trained_run
                                        trained_run.store, "--out", str(tmp_path / "o"), "--thresholds", str(thresholds),
                                        "--device", "cpu", "--no-progress"])
     assert result.exit_code == 1 and "'owl'" in result.output
+
+
+def test_thresholds_from_the_validation_split_count_its_recordings(trained_run, tmp_path):
+    from soundception.shared.reader import FeatureStore
+    from soundception.train.checkpoint import load_checkpoint
+
+    out = tmp_path / "thresholds.csv"
+    result = CliRunner().invoke(main, ["thresholds", "--checkpoint", str(trained_run.checkpoint), "--store",
+                                       trained_run.store, "--out", str(out), "--precision", "0.5"])
+    assert result.exit_code == 0, result.output
+    validation = json.loads(load_checkpoint(trained_run.checkpoint)["split"])["validation"]
+    store = FeatureStore(trained_run.store)
+    present = {c: 0 for c in store.classes}  # label or background species, counted from the store itself
+    for i in validation:
+        for k in {int(store.table["label"][i]), *store.background[i]}:
+            present[store.classes[k]] += 1
+    with open(out, newline="") as handle:
+        rows = {r["class_id"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == set(store.classes)
+    for class_id, row in rows.items():
+        assert int(row["n_decisions"]) == len(validation) and int(row["n_positive"]) == present[class_id]
+        assert "too few" in row["note"]  # a handful of validation recordings: every species is warned about
+    assert result.output.count("warning:") == len(store.classes)
+    segments = CliRunner().invoke(main, ["thresholds", "--checkpoint", str(trained_run.checkpoint), "--store",
+                                         trained_run.store, "--out", str(out), "--segments", "1"])
+    assert segments.exit_code == 1 and "no annotated calls" in segments.output

@@ -257,19 +257,8 @@ def thresholds_command(decisions: str | None, checkpoint: str | None, store: str
                 raise UserError(f"{decisions} proposes {len(unknown)} class(es) {checkpoint} does not know, "
                                 f"e.g. {unknown[0]!r}")
     else:
-        from soundception.train.calibrate import read_calibration, validation_scores
-        from soundception.train.checkpoint import file_digest
-
-        scores = validation_scores(checkpoint, store, segment_seconds=segment_seconds or 5.0, device=device)
-        raw, truth = ((scores.segment, scores.segment_truth) if segment_seconds else
-                      (scores.recording, scores.recording_truth))
-        if segment_seconds and not raw.size:
-            raise click.UsageError(f"{store} has no annotated calls in the validation split: leave out --segments")
-        if calibration:
-            raw = read_calibration(calibration, file_digest(checkpoint))["segment" if segment_seconds else "recording"]\
-                .apply(raw)
-        found = th.pair_decisions(raw, truth, scores.classes)
-        classes, names = scores.classes, scores.class_names
+        found, classes, names = th.validation_decisions(checkpoint, store, segment_seconds=segment_seconds,
+                                                        calibration=calibration, device=device)
     rows = th.species_thresholds(found, classes, names, precision=precision, min_decisions=min_decisions,
                                  min_positives=min_positives)
     th.write_thresholds(out, rows)

@@ -139,6 +139,33 @@ def pair_decisions(scores: np.ndarray, truth: np.ndarray, classes: Sequence[str]
     return Decisions(ids, scores.ravel(), truth.ravel(), np.ones(scores.size), {})
 
 
+def validation_decisions(checkpoint: str | Path, store_url: str, *, segment_seconds: float | None = None,
+                         calibration: str | Path | None = None, device: str = "cpu"
+                         ) -> tuple[Decisions, list[str], list[str]]:
+    """``(decisions, class ids, class names)`` from a checkpoint's validation split (:func:`pair_decisions`
+    of :func:`train.calibrate.validation_scores`): recording scores against the labels, or with
+    ``segment_seconds`` segment scores against the annotated calls; mapped through ``calibration``.
+
+    Raises:
+        UserError: segments asked for where the validation recordings have no annotated calls.
+    """
+    from soundception.train.calibrate import read_calibration, validation_scores
+    from soundception.train.checkpoint import file_digest
+
+    scores = validation_scores(checkpoint, store_url, segment_seconds=segment_seconds or 5.0, device=device)
+    kind = "segment" if segment_seconds else "recording"
+    raw, truth = (scores.segment, scores.segment_truth) if segment_seconds else (scores.recording,
+                                                                                 scores.recording_truth)
+    if not raw.size:
+        raise UserError(f"{store_url} has no annotated calls in the validation split: leave out --segments")
+    if calibration is not None:
+        platt = read_calibration(calibration, file_digest(checkpoint))[kind]
+        if platt is None:
+            raise UserError(f"{calibration} holds no {kind} map")
+        raw = platt.apply(raw)
+    return pair_decisions(raw, truth, scores.classes), list(scores.classes), list(scores.class_names)
+
+
 def read_decisions(path: str | Path) -> Decisions:
     """A decisions CSV (header :data:`DECISION_COLUMNS`). ``correct``: right for ``predicted``;
     ``wrong`` and ``other``: wrong for ``predicted``; ``unsure``: left out and counted.
