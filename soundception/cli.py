@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "train": ("soundception.train.cli", "train_command"),
     "evaluate": ("soundception.train.cli", "evaluate_command"),
     "fit-head": ("soundception.compose", "fit_head_command"),
+    "thresholds": ("soundception.train.cli", "thresholds_command"),
+    "calibrate": ("soundception.train.cli", "calibrate_command"),
     "predict": ("soundception.compose", "predict_command"),
     "explain": ("soundception.compose", "explain_command"),
     "score": ("soundception.train.score", "score_command"),

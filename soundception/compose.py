@@ -140,7 +140,13 @@ def total_seconds(paths: Iterable[str], storage_options: dict | None = None) -> 
               help="Score segments of this many seconds (e.g. 5) instead of one list per recording.")
 @click.option("--hop", type=float, default=None, help="Seconds between windows [default: half a window].")
 @click.option("--top-k", type=int, default=5, show_default=True, help="Species per recording or segment.")
-@click.option("--min-score", type=float, default=0.0, show_default=True, help="Leave out lower scores.")
+@click.option("--min-score", type=float, default=0.1, show_default=True,
+              help="Raven and Audacity tables leave out lower scores (the CSV keeps every top-k row).")
+@click.option("--thresholds", "thresholds_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Per-species thresholds for the Raven and Audacity tables (soundception thresholds); "
+                   "a species not in it falls back to --min-score.")
+@click.option("--calibration", "calibration_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Map every score through this calibration (soundception calibrate) before the tables.")
 @click.option("--combined", is_flag=True, help="One Raven table for all recordings.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader processes reading windows.")
@@ -155,7 +161,8 @@ def total_seconds(paths: Iterable[str], storage_options: dict | None = None) -> 
 def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None, out: str, formats: str,
                     segments: float | None, hop: float | None, top_k: int, min_score: float, combined: bool,
                     batch_size: int, workers: int, featurize_workers: int | None, device: str,
-                    storage_options: dict | None, no_progress: bool, embeddings: str | None) -> None:
+                    storage_options: dict | None, no_progress: bool, embeddings: str | None,
+                    thresholds_file: str | None = None, calibration_file: str | None = None) -> None:
     """Predict species for AUDIO files/folders (local or URLs such as s3://bucket/audio), or for a
     --store, with a trained checkpoint."""
     from soundception.train.predict import PredictOptions, predict_store
@@ -164,10 +171,21 @@ def predict_command(inputs: tuple[str, ...], checkpoint: str, store: str | None,
 
     if bool(inputs) == bool(store):
         raise click.UsageError("give either audio files/folders or --store, not both and not neither")
+    trained = load_trained_model(checkpoint, resolve_device(device))
+    thresholds = calibration = None
+    if thresholds_file is not None:
+        from soundception.train.thresholds import read_thresholds
+
+        thresholds = read_thresholds(thresholds_file)
+    if calibration_file is not None:
+        from soundception.train.calibrate import read_calibration
+
+        calibration = {kind: (platt.to_dict() if platt else None)
+                       for kind, platt in read_calibration(calibration_file, trained.digest).items()}
     options = PredictOptions(hop_seconds=hop, segment_seconds=segments, top_k=top_k, min_score=min_score,
+                             thresholds=thresholds, calibration=calibration,
                              formats=tuple(f.strip() for f in formats.split(",") if f.strip()), combined=combined,
                              batch_size=batch_size, workers=workers, device=device)
-    trained = load_trained_model(checkpoint, resolve_device(device))
     sources = None
     fsspec_options = storage_options
     try:

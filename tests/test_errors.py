@@ -23,7 +23,7 @@ def places(tmp_path_factory):
     root = tmp_path_factory.mktemp("places")
     (root / "audio").mkdir()
     (root / "audio" / "a.wav").write_bytes(b"")
-    for name in ("last.pt", "run.txt", "truth.csv"):
+    for name in ("last.pt", "run.txt", "truth.csv", "decisions.csv"):
         (root / name).write_text("")
     from soundception.train.embeddings import open_embeddings
 
@@ -48,6 +48,10 @@ def commands(root) -> dict[str, tuple[list[str], str, str]]:
         "score": ([str(root / "run.txt"), str(root / "truth.csv")], "soundception.train.score", "read_run_file"),
         "fit-head": (["--checkpoint", str(root / "last.pt"), "--store", str(root / "s.zarr"), "--out",
                       str(root / "head")], "soundception.train.trained", "load_trained_model"),
+        "thresholds": (["--decisions", str(root / "decisions.csv"), "--out", str(root / "t.csv")],
+                       "soundception.train.thresholds", "read_decisions"),
+        "calibrate": (["--checkpoint", str(root / "last.pt"), "--store", str(root / "s.zarr"), "--out",
+                       str(root / "calibration.json")], "soundception.train.calibrate", "calibrate"),
         "search": (["--embeddings", str(root / "emb.zarr"), "--query", "a.wav", "--out", str(root / "found")],
                    "soundception.train.search", "query_vectors"),
     }

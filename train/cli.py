@@ -180,3 +180,84 @@ def evaluate_command(checkpoint: str, store: str, out: str | None, files: str, d
     report = evaluate(checkpoint, store, out=out, files=files, device=device, batch_size=batch_size,
                       storage_options=options, segment_seconds=segment_seconds)
     click.echo(json.dumps(report, indent=2))
+
+
+@click.command("thresholds")
+@click.option("--decisions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A decisions CSV (the review page's export).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --store: thresholds from its validation split; with --decisions: only the species names.")
+@click.option("--store", default=None, help="The checkpoint's store (its validation split is scored against the labels).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The thresholds CSV to write.")
+@click.option("--precision", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="The precision each species' threshold must reach.")
+@click.option("--segments", "segment_seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --store: segment scores of this length against the annotated calls [default: recording scores].")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --store: thresholds on calibrated scores (use the same file with predict).")
+@click.option("--min-decisions", type=int, default=10, show_default=True, help="Fewer decisions: a warning.")
+@click.option("--min-positives", type=int, default=3, show_default=True, help="Fewer right ones: a warning.")
+@click.option("--device", default="cpu", show_default=True)
+@command_errors(explain=explain_error)
+def thresholds_command(decisions: str | None, checkpoint: str | None, store: str | None, out: str, precision: float,
+                       segment_seconds: float | None, calibration: str | None, min_decisions: int, min_positives: int,
+                       device: str) -> None:
+    """Per-species score thresholds reaching --precision, from reviewed decisions or a validation split."""
+    from soundception.train import thresholds as th
+
+    if bool(decisions) == bool(store) or (store and not checkpoint):
+        raise click.UsageError("give --decisions, or --checkpoint with --store")
+    if decisions:
+        found = th.read_decisions(decisions)
+        classes = sorted(set(found.class_id.tolist()) | set(found.unsure))
+        names = None
+        if checkpoint:
+            from soundception.train.trained import load_trained_model
+
+            trained = load_trained_model(checkpoint)
+            classes, names = list(trained.classes), list(trained.class_names)
+            unknown = sorted(set(found.class_id.tolist()) - set(classes))
+            if unknown:
+                from soundception.train.config import UserError
+
+                raise UserError(f"{decisions} proposes {len(unknown)} class(es) {checkpoint} does not know, "
+                                f"e.g. {unknown[0]!r}")
+    else:
+        found, classes, names = th.validation_decisions(checkpoint, store, segment_seconds=segment_seconds,
+                                                        calibration=calibration, device=device)
+    rows = th.species_thresholds(found, classes, names, precision=precision, min_decisions=min_decisions,
+                                 min_positives=min_positives)
+    th.write_thresholds(out, rows)
+    for line in th.too_few_warnings(rows):
+        click.echo(line, err=True)
+    unsure = sum(found.unsure.values())
+    reached = sum(r.threshold is not None for r in rows)
+    click.echo(f"wrote {out}: {reached} of {len(rows)} species reach precision {precision:g} "
+               f"({len(found.score)} decisions, {unsure} unsure ignored)")
+
+
+@click.command("calibrate")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", required=True, help="The checkpoint's store: its validation split is fitted on.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="calibration.json to write.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None, help="Also draw the reliability curves (PNG).")
+@click.option("--segments", "segment_seconds", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Segment length, s, of the segment calibration (stores with call annotations).")
+@click.option("--folds", type=int, default=2, show_default=True, help="Cross-fitting folds for the held-out ECE.")
+@click.option("--device", default="cpu", show_default=True)
+@command_errors(explain=explain_error)
+def calibrate_command(checkpoint: str, store: str, out: str, figure: str | None, segment_seconds: float, folds: int,
+                      device: str) -> None:
+    """Fit score calibration on a checkpoint's validation split (predict --calibration applies it)."""
+    from soundception.train.calibrate import calibrate
+
+    result = calibrate(checkpoint, store, out, segment_seconds=segment_seconds, figure=figure, folds=folds,
+                       device=device)
+    for kind in ("recording", "segment"):
+        fit = result[kind]
+        if fit is None:
+            click.echo(f"{kind}: no annotated calls in the validation split, not calibrated")
+            continue
+        click.echo(f"{kind}: slope {fit['slope']:.3f}, intercept {fit['intercept']:.3f} on {fit['pairs']} pairs; "
+                   f"ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f} (held out)")
+    click.echo(f"wrote {out}" + (f" and {figure}" if figure else ""))

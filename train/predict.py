@@ -16,8 +16,9 @@ The work is listed first, recordings already predicted are dropped, then the res
 
 A recording's key is its file id, its source file's size and modification time where the audio is
 known (else the store's image width and duration), the checkpoint's sha256 and the options that
-change scores (window hop, segment length). ``--top-k``, ``--min-score`` and formats only filter
-and can change on a rerun without predicting again.
+change scores (window hop, segment length). ``--top-k``, ``--min-score``, ``--thresholds``,
+``--calibration`` and formats only filter or map the journal's scores and can change on a rerun
+without predicting again.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from soundception.train.runtime import bound_heap, resolve_device
 from soundception.train.segments import segment_scores
 from soundception.train.trained import TrainedModel, load_trained_model
 
+DEFAULT_MIN_SCORE = 0.1  # Raven and Audacity tables only; BirdNET's default for its tables
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """How to predict.
@@ -56,8 +60,14 @@ class PredictOptions:
         hop_seconds: seconds between window starts (``None``: half the training window).
         segment_seconds: score segments of this length (``None``: one ranked list per recording).
         top_k: at most this many species per recording or segment in the tables.
-        min_score: leave out scores below this (BirdCLEF run files ignore both filters and list
-            the challenge's 100 best species, which its MAP needs).
+        min_score: leave out scores below this from the Raven and Audacity tables (the CSV keeps
+            every top-k row; BirdCLEF run files ignore both filters and list the challenge's 100
+            best species, which its MAP needs). 0.1, BirdNET's default for its tables.
+        thresholds: class id -> its own ``min_score`` for the Raven and Audacity tables
+            (:mod:`train.thresholds`); ``None``: the species never reached the asked precision and
+            is left out of them; a class not listed falls back to ``min_score``.
+        calibration: ``{"recording": {"slope", "intercept"}, "segment": ... or None}``
+            (:mod:`train.calibrate`): every table's scores are mapped through it.
         formats: any of :data:`train.tables.FORMATS`.
         combined: one Raven table for all recordings instead of one per recording.
         batch_size: windows per forward pass; workers: DataLoader processes reading windows.
@@ -67,7 +77,9 @@ class PredictOptions:
     hop_seconds: float | None = None
     segment_seconds: float | None = None
     top_k: int = 5
-    min_score: float = 0.0
+    min_score: float = DEFAULT_MIN_SCORE
+    thresholds: Mapping[str, float | None] | None = None
+    calibration: Mapping[str, Any] | None = None
     formats: tuple[str, ...] = ("csv",)
     combined: bool = False
     batch_size: int = 8
@@ -84,6 +96,9 @@ class PredictOptions:
             raise UserError(f"--segments must be positive seconds, got {self.segment_seconds}")
         if self.top_k < 1 or not 0.0 <= self.min_score <= 1.0:
             raise UserError(f"--top-k must be >= 1 and --min-score in [0, 1], got {self.top_k} and {self.min_score}")
+        if self.calibration is not None and self.segment_seconds is not None and not self.calibration.get("segment"):
+            raise UserError("the calibration holds no segment map (its store had no annotated calls): calibrate on a "
+                            "store featurized with --annotations, or predict without --segments")
         if self.batch_size < 1 or self.workers < 0:
             raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size} and {self.workers}")
 
@@ -122,14 +137,16 @@ def answer(windows: FileWindows, *, file_id: str, path: str, duration: float, n_
 
 
 def detections(prediction: Prediction, trained: TrainedModel, *, top_k: int, min_score: float,
-               segments: bool) -> list[tables.Detection]:
-    """Table rows: the ``top_k`` best species (score >= ``min_score``) per recording or per segment."""
+               segments: bool, calibration: Mapping[str, Any] | None = None) -> list[tables.Detection]:
+    """Table rows: the ``top_k`` best species (score >= ``min_score``) per recording or per segment,
+    scores mapped through ``calibration`` (:class:`train.calibration.Platt` dicts) when given."""
     nyquist = trained.featurizer_config.sample_rate / 2
     if segments:
-        spans = [(tuple(b), s, tuple(f)) for b, s, f in zip(prediction.segments, prediction.segment_scores,
-                                                             prediction.bands)]
+        scored = calibrated(prediction.segment_scores, calibration, "segment")
+        spans = [(tuple(b), s, tuple(f)) for b, s, f in zip(prediction.segments, scored, prediction.bands)]
     else:
-        spans = [((0.0, prediction.duration), prediction.scores, (0.0, nyquist))]
+        spans = [((0.0, prediction.duration), calibrated(prediction.scores, calibration, "recording"),
+                  (0.0, nyquist))]
     rows = []
     for (start, end), scores, (low, high) in spans:
         order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:top_k]
@@ -139,6 +156,27 @@ def detections(prediction: Prediction, trained: TrainedModel, *, top_k: int, min
                                              trained.class_names[c], float(scores[c]), rank, float(low), float(high),
                                              prediction.path).rounded())
     return rows
+
+
+def calibrated(scores: np.ndarray, calibration: Mapping[str, Any] | None, kind: str) -> np.ndarray:
+    """``scores`` through the ``kind`` map of ``calibration`` (unchanged without one)."""
+    if calibration is None:
+        return np.asarray(scores)
+    from soundception.train.calibration import Platt
+
+    return Platt.from_dict(calibration[kind]).apply(scores)
+
+
+def shown(rows: Sequence[tables.Detection], *, min_score: float,
+          thresholds: Mapping[str, float | None] | None) -> list[tables.Detection]:
+    """The rows the Raven and Audacity tables list: score >= the species' threshold (``min_score`` for
+    a species without one; none of a species whose threshold is ``None``)."""
+    kept = []
+    for row in rows:
+        threshold = thresholds.get(row.class_id, min_score) if thresholds is not None else min_score
+        if threshold is not None and row.score >= threshold:
+            kept.append(row)
+    return kept
 
 
 def write_tables(out: Path, entries: Mapping[str, str], trained: TrainedModel, options: PredictOptions) -> list[Path]:
@@ -177,9 +215,11 @@ def write_tables(out: Path, entries: Mapping[str, str], trained: TrainedModel, o
             if prediction is None:
                 raise UserError(f"{out / 'journal'}: the entry of {file_id!r} went missing or is unreadable; "
                                 "rerun the same command to predict it again")
-            rows = detections(prediction, trained, top_k=options.top_k, min_score=options.min_score, segments=segments)
-            if csv_table is not None:
-                csv_table.write(tables.csv_text(rows, header=False))
+            every = detections(prediction, trained, top_k=options.top_k, min_score=0.0, segments=segments,
+                               calibration=options.calibration)
+            if csv_table is not None:  # the CSV keeps every top-k row: filters are for the tables people open
+                csv_table.write(tables.csv_text(every, header=False))
+            rows = shown(every, min_score=options.min_score, thresholds=options.thresholds)
             if combined is not None:  # recordings laid end to end, selections numbered on
                 combined.write(tables.raven_text(rows, offsets={file_id: offset}, header=False,
                                                  first_selection=selections + 1))
@@ -192,10 +232,12 @@ def write_tables(out: Path, entries: Mapping[str, str], trained: TrainedModel, o
                                                              tables.audacity_text(rows)))
             if recordings is not None:  # BirdCLEF's MAP needs its 100 best species, whatever the filters
                 recordings.write(tables.birdclef_recording_text(
-                    detections(prediction, trained, top_k=top, min_score=0.0, segments=False), ids))
+                    detections(prediction, trained, top_k=top, min_score=0.0, segments=False,
+                               calibration=options.calibration), ids))
             if segment_table is not None:
                 segment_table.write(tables.birdclef_segment_text(
-                    detections(prediction, trained, top_k=top, min_score=0.0, segments=True), ids))
+                    detections(prediction, trained, top_k=top, min_score=0.0, segments=True,
+                               calibration=options.calibration), ids))
     return [path for name in tables.FORMATS for path in written[name]]
 
 
@@ -243,6 +285,9 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
     trained = trained or load_trained_model(checkpoint, resolve_device(options.device))
     store = FeatureStore(store_url, storage_options)
     trained.check_store(store)
+    unknown = sorted(set(options.thresholds or ()) - set(trained.classes))
+    if unknown:
+        raise UserError(f"the thresholds name {len(unknown)} class(es) {checkpoint} does not know, e.g. {unknown[0]!r}")
     table = store.table
     position = {file_id: i for i, file_id in enumerate(store.ids)}
     wanted = list(store.ids) if file_ids is None else list(file_ids)
