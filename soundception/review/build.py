@@ -7,7 +7,7 @@ It reads a ``predict --segments`` output folder (its journal, ``settings.json``,
         index.html, review.js, review.css   the page (package data, copied as is); works from file://
         data.js          window.REVIEW = {...}: review id, classes, recordings, cards
         media/<hash>.jpg a card's clip as the featurizer's image (300 x 128 px)
-        media/<hash>.ogg the clip itself, cut from the decoded recording (Ogg Opus)
+        media/<hash>.ogg the clip itself, cut from the decoded recording (Ogg Vorbis)
         failures.csv     file,path,error: recordings whose audio could not be read (cards kept, no media)
 
 The detections are the rows ``predict``'s tables list (the run's ``--top-k`` species per segment
@@ -252,7 +252,7 @@ def review_id(settings: dict[str, Any]) -> str:
 def build_review(predictions: str | Path, out: str | Path | None = None, options: ReviewOptions = ReviewOptions(),
                  *, progress: bool = False) -> dict[str, Any]:
     """Write the review folder (see the module docstring); returns ``{"out", "cards", "species", "failed", "index"}``."""
-    from soundception.review_media import clip_media
+    from soundception.review.media import clip_media
 
     predictions = Path(predictions)
     out = Path(out) if out is not None else predictions / "review"
@@ -264,7 +264,7 @@ def build_review(predictions: str | Path, out: str | Path | None = None, options
     for card in cards:
         card["media"] = media.get((card["recording"], card["clip"]))
     for name in PAGE_FILES:
-        write_text(out / name, resources.files("soundception").joinpath("review_page", name).read_text("utf-8"))
+        write_text(out / name, resources.files("soundception.review").joinpath("page", name).read_text("utf-8"))
     write_text(out / "data.js", "window.REVIEW = " + json.dumps(page_data(run, cards, options), separators=(",", ":"))
                + ";\n")
     write_failures(out / "failures.csv", failures)
