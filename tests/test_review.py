@@ -85,9 +85,9 @@ def test_the_cards_carry_the_hand_counted_weights(review):
         cards = [card for card in data["cards"] if card["class"] == c]
         assert [card["weight"] for card in cards] == [1, 1, 5, 5, 4, 4]
         assert sum(card["weight"] for card in cards) == 20
-    census = {(card["class"], card["key"]) for card in data["cards"] if card["stratum"] == "top"}
-    assert census == {(0, "missing.wav|15.000|20.000|sp0"), (0, "missing.wav|10.000|15.000|sp0"),
-                      (1, "a.wav|0.000|5.000|sp1"), (1, "a.wav|5.000|10.000|sp1")}
+    census = {(card["class"], data["recordings"][card["recording"]][0], card["start"], card["end"])
+              for card in data["cards"] if card["stratum"] == "top"}
+    assert census == {(0, "missing.wav", 15, 20), (0, "missing.wav", 10, 15), (1, "a.wav", 0, 5), (1, "a.wav", 5, 10)}
     assert not [card for card in data["cards"] if card["class"] == 2]
 
 
@@ -265,3 +265,24 @@ def test_j_at_the_end_of_a_page_opens_the_next_and_the_species_filter_narrows_th
     assert page.locator(".card").count() == 20
     assert set(page.locator(".card .species").all_inner_texts()) == {"Gamma, comma bird"}
     page.context.close()
+
+
+def test_a_real_predict_run_reviews_with_the_checkpoints_classes(trained_run, tmp_path):
+    """predict --segments on a store (the demo's path), then review: classes.csv names the checkpoint's classes."""
+    from soundception.train.predict import PredictOptions, predict_store
+    from soundception.train.trained import load_trained_model
+
+    out = tmp_path / "predictions"
+    predict_store(trained_run.checkpoint, trained_run.store, out, PredictOptions(segment_seconds=2.0, device="cpu"),
+                  progress=False)
+    trained = load_trained_model(trained_run.checkpoint)
+    summary = build_review(out, options=ReviewOptions(top=1, per_bin=1, bins=2))
+    data = page_data(Path(summary["out"]))
+    assert data["classes"] == [[i, n] for i, n in zip(trained.classes, trained.class_names)]
+    assert summary["failed"] == 0 and all(card["media"] for card in data["cards"])
+    with open(out / "predictions.csv", newline="") as handle:  # every card is a row of predict's own table
+        rows = {(r["file"], float(r["start_s"]), float(r["end_s"]), r["class_id"], float(r["score"]))
+                for r in csv.DictReader(handle)}
+    for card in data["cards"]:
+        file = data["recordings"][card["recording"]][0]
+        assert (file, card["start"], card["end"], data["classes"][card["class"]][0], card["score"]) in rows

@@ -162,7 +162,8 @@ def read_run(predictions: Path) -> Run:
     with open(classes, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     class_ids, class_names = [r["class_id"] for r in rows], [r["class_name"] for r in rows]
-    recordings = []
+    top_k, min_score = int(options.get("top_k", 5)), float(options.get("min_score", 0.0))
+    recordings, found = [], []  # only each entry's rows are kept, not its (segments, classes) scores
     for key, prediction in read_entries(predictions):
         fields = json.loads(key)  # an entry of an earlier run (another checkpoint or segment length) is left out
         if fields.get("checkpoint") != settings.get("checkpoint_sha256") or fields.get("segment_seconds") != segment_seconds:
@@ -170,29 +171,27 @@ def read_run(predictions: Path) -> Run:
         if prediction.segment_scores.ndim != 2 or prediction.segment_scores.shape[1] != len(class_ids):
             raise UserError(f"{predictions}: the journal entry of {prediction.file!r} has "
                             f"{prediction.segment_scores.shape[-1]} classes, classes.csv {len(class_ids)}")
-        recordings.append(prediction)
+        recordings.append({"file": prediction.file, "path": prediction.path, "duration": prediction.duration,
+                           "segments": np.asarray(prediction.segments), "bands": np.asarray(prediction.bands)})
+        found.append(table_rows(prediction.segment_scores, top_k=top_k, min_score=min_score))
     if not recordings:
         raise UserError(f"{predictions / 'journal'}: no entries of this run's checkpoint and segments")
-    recordings.sort(key=lambda p: p.file)
-    detection, score = _detections(recordings, top_k=int(options.get("top_k", 5)),
-                                   min_score=float(options.get("min_score", 0.0)))
-    return Run(settings, class_ids, class_names, config,
-               [{"file": p.file, "path": p.path, "duration": p.duration, "segments": np.asarray(p.segments),
-                 "bands": np.asarray(p.bands)} for p in recordings], detection, score)
+    order = sorted(range(len(recordings)), key=lambda i: recordings[i]["file"])
+    detection = np.concatenate([np.column_stack([np.full(len(found[i][0]), r), found[i][0]])
+                                for r, i in enumerate(order)]).astype(np.int64)
+    score = np.concatenate([found[i][1] for i in order])
+    return Run(settings, class_ids, class_names, config, [recordings[i] for i in order], detection, score)
 
 
-def _detections(recordings: Sequence[Any], *, top_k: int, min_score: float) -> tuple[np.ndarray, np.ndarray]:
-    """The table rows predict lists, as ``(recording, segment, class)`` and scores rounded as the tables round them."""
-    rows, scores = [], []
-    for r, prediction in enumerate(recordings):
-        values = np.asarray(prediction.segment_scores, dtype=np.float64)
-        order = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
-        segment = np.repeat(np.arange(values.shape[0]), order.shape[1])
-        chosen = order.reshape(-1)
-        kept = values[segment, chosen] >= min_score
-        rows.append(np.stack([np.full(kept.sum(), r), segment[kept], chosen[kept]], axis=1))
-        scores.append(np.round(values[segment, chosen][kept], 6))
-    return np.concatenate(rows).astype(np.int64), np.concatenate(scores)
+def table_rows(segment_scores: np.ndarray, *, top_k: int, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows predict's tables list for one recording: ``(segment, class)`` int ``(D, 2)`` in segment, then
+    rank order, and their scores ``(D,)`` rounded as the tables round them (6 decimals)."""
+    values = np.asarray(segment_scores, dtype=np.float64)
+    chosen = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
+    segment = np.repeat(np.arange(values.shape[0]), chosen.shape[1])
+    chosen = chosen.reshape(-1)
+    kept = values[segment, chosen] >= min_score
+    return np.column_stack([segment[kept], chosen[kept]]), np.round(values[segment, chosen][kept], 6)
 
 
 # ------------------------------------------------------------------------------------------ the cards
@@ -235,14 +234,19 @@ def _card(run: Run, recording: int, segment: int, c: int, score: float, weight: 
     start, end = (round(float(x), 3) for x in r["segments"][segment])
     low, high = (round(float(x), 1) for x in r["bands"][segment])
     clip = (round(max(0.0, start - context), 3), round(min(r["duration"], end + context), 3))
-    return {"key": f"{r['file']}|{start:.3f}|{end:.3f}|{run.class_ids[c]}", "recording": recording, "start": start,
+    return {"key": f"{r['path']}|{start:.3f}|{end:.3f}|{run.class_ids[c]}", "recording": recording, "start": start,
             "end": end, "class": c, "score": score, "weight": round(weight, 6), "stratum": stratum, "low": low,
             "high": high, "clip": clip}
 
 
 def review_id(settings: dict[str, Any]) -> str:
-    """Stable across reruns of review on the same predictions: the checkpoint, segment length and input."""
-    what = [settings.get("checkpoint_sha256"), settings.get("options", {}).get("segment_seconds"), settings.get("store")]
+    """The key of the page's decisions in localStorage: the checkpoint's sha256 and the segment length.
+
+    The same model's detection of one species in one span of one audio file (a card's ``key``: source
+    path, start, end, class id) is the same detection in any run folder, so a rerun of predict or
+    review, another sample or another predictions folder over the same audio keeps its decisions.
+    """
+    what = [settings.get("checkpoint_sha256"), settings.get("options", {}).get("segment_seconds")]
     return hashlib.sha1(json.dumps(what).encode("utf-8")).hexdigest()[:16]
 
 
@@ -280,6 +284,7 @@ def page_data(run: Run, cards: list[dict[str, Any]], options: ReviewOptions) -> 
     """What ``data.js`` holds: the cards, and the tables they point into."""
     return {"id": review_id(run.settings), "columns": list(DECISION_COLUMNS),
             "classes": [[i, n] for i, n in zip(run.class_ids, run.class_names)],
+            "nyquist": float(run.featurizer_config.get("sample_rate", 22050)) / 2,
             "recordings": [[r["file"], r["path"], round(r["duration"], 3)] for r in run.recordings],
             "options": {"top": options.top, "per_bin": options.per_bin, "bins": options.bins, "seed": options.seed,
                         "context_seconds": options.context_seconds},

@@ -64,8 +64,10 @@
       buttons.push(b);
     };
     add("‹ previous", page - 1, false);
-    const first = Math.max(0, Math.min(page - 2, n - 5));
-    for (let p = first; p < Math.min(n, first + 5); p++) add(String(p + 1), p, p === page);
+    const first = Math.max(0, Math.min(page - 2, n - 5)), last = Math.min(n, first + 5);
+    if (first > 0) add(first > 1 ? "1 …" : "1", 0, false);
+    for (let p = first; p < last; p++) add(String(p + 1), p, p === page);
+    if (last < n) add(last < n - 1 ? `… ${n}` : String(n), n - 1, false);
     add("next ›", page + 1, false);
     const where = document.createElement("span");
     where.textContent = ` page ${page + 1} of ${n} (${list.length} cards)`;
@@ -119,7 +121,11 @@
       mark.className = "span";
       mark.style.left = (100 * (card.start - c0) / span) + "%";
       mark.style.width = (100 * (card.end - card.start) / span) + "%";
-      picture.append(img, mark);
+      const axis = document.createElement("span");
+      axis.className = "axis"; axis.textContent = `${(R.nyquist / 1000).toFixed(1)} kHz`;
+      const times = document.createElement("span");
+      times.className = "axis times"; times.textContent = `${c0.toFixed(1)}–${c1.toFixed(1)} s`;
+      picture.append(img, mark, axis, times);
       const audio = document.createElement("audio");
       audio.controls = true; audio.preload = "none"; audio.src = `media/${card.media}.ogg`;
       picture.after(audio);
