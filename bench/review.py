@@ -18,6 +18,7 @@ With ``--screenshots DIR`` it also writes ``review-phone.png`` (390 px) and ``re
 
     .venv/bin/python bench/review.py                       # 10,000 cards (about 10 minutes on 2 cores)
     .venv/bin/python bench/review.py --recordings 30 --top 60 --per-bin 10   # a quick look
+    .venv/bin/python bench/review.py --reuse --top 500   # the same recordings, another sample (clips reused)
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def time_to_interactive(browser, index: Path, repeats: int) -> tuple[float, floa
 
 
 def screenshots(browser, index: Path, folder: Path) -> None:
+    from PIL import Image
+
     for width, height, name in ((390, 844, "phone"), (1280, 800, "desktop")):
         context = browser.new_context(viewport={"width": width, "height": height})
         page = context.new_page()
@@ -103,27 +106,34 @@ def screenshots(browser, index: Path, folder: Path) -> None:
         page.keyboard.press("c")
         page.keyboard.press("w")
         page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=str(folder / f"review-{name}.png"))
+        path = folder / f"review-{name}.png"
+        page.screenshot(path=str(path))
         context.close()
+        Image.open(path).convert("RGB").quantize(colors=96).save(path, optimize=True)  # small enough for the docs
 
 
 @click.command()
 @click.option("--recordings", default=300, show_default=True, help="Synthetic 60 s recordings (12 segments each).")
-@click.option("--top", default=700, show_default=True)
+@click.option("--top", default=900, show_default=True)
 @click.option("--per-bin", default=100, show_default=True)
 @click.option("--bins", default=5, show_default=True)
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--work", type=click.Path(file_okay=False), default="bench/results/review", show_default=True)
 @click.option("--screenshots", "shots", type=click.Path(file_okay=False), default=None)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--reuse", is_flag=True, help="Keep the predictions folder and its review media from an earlier run "
+                                             "(the build then times a rerun, which reuses every clip already made).")
 def main(recordings: int, top: int, per_bin: int, bins: int, repeats: int, work: str, shots: str | None,
-         seed: int) -> None:
+         seed: int, reuse: bool) -> None:
     from playwright.sync_api import sync_playwright
 
     root = Path(work).resolve()
-    shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
-    predictions = make_predictions(root, recordings, seed)
+    if reuse and (root / "predictions" / "settings.json").is_file():
+        predictions = root / "predictions"
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        predictions = make_predictions(root, recordings, seed)
     made = time.perf_counter() - started
     started = time.perf_counter()
     summary = build_review(predictions, options=ReviewOptions(top=top, per_bin=per_bin, bins=bins))

@@ -272,9 +272,11 @@ def test_a_real_predict_run_reviews_with_the_checkpoints_classes(trained_run, tm
     from soundception.train.predict import PredictOptions, predict_store
     from soundception.train.trained import load_trained_model
 
+    from soundception.shared.reader import FeatureStore
+
     out = tmp_path / "predictions"
     predict_store(trained_run.checkpoint, trained_run.store, out, PredictOptions(segment_seconds=2.0, device="cpu"),
-                  progress=False)
+                  file_ids=list(FeatureStore(trained_run.store).ids[:4]), progress=False)
     trained = load_trained_model(trained_run.checkpoint)
     summary = build_review(out, options=ReviewOptions(top=1, per_bin=1, bins=2))
     data = page_data(Path(summary["out"]))

@@ -40,7 +40,7 @@
     select.replaceChildren(...options.map(([value, name, d, t]) => new Option(`${name} (${d}/${t} decided)`, value)));
     select.value = chosen;
     $("progress-bar").style.width = (100 * decided / Math.max(1, R.cards.length)) + "%";
-    $("summary").textContent = `${R.cards.length} cards, ${counts.size} species, ${decided} decided`;
+    $("summary").textContent = `${R.cards.length.toLocaleString("en")} cards, ${counts.size} species, ${decided.toLocaleString("en")} decided`;
   }
   function filter() {
     const species = $("species").value;
