@@ -50,6 +50,7 @@ def commands(root) -> dict[str, tuple[list[str], str, str]]:
                       str(root / "head")], "soundception.train.head", "fit_head"),
         "search": (["--embeddings", str(root / "emb.zarr"), "--query", "a.wav", "--out", str(root / "found")],
                    "soundception.train.search", "query_vectors"),
+        "review": ([str(root / "preds")], "soundception.review", "build_review"),
     }
 
 
