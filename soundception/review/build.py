@@ -276,7 +276,7 @@ def build_review(predictions: str | Path, out: str | Path | None = None, options
     for stale in (out / "media").glob("*"):  # clips of an earlier sample; decisions are not in this folder
         if stale.is_file() and stale.name not in kept:
             stale.unlink()
-    return {"out": str(out), "index": str(out / "index.html"), "cards": len(cards),
+    return {"out": str(out), "index": str((out / "index.html").resolve()), "cards": len(cards),
             "species": len({c["class"] for c in cards}), "failed": len(failures)}
 
 
