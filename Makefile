@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 SC     := $(VENV)/bin/soundception
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench browser
 
 # Real bird recordings for bench/codecs.py, from the PyPI wheels that ship them (a registry download, once).
 REAL_WHEELS := opensoundscape==0.13.2 hawkears==2.3.0 vocalpy==0.10.3
@@ -34,8 +34,17 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# The browser tests (tests/test_review.py) and bench/review.py drive Debian's Chromium through Playwright (never a
+# downloaded browser): installed here once, a no-op when it is there; where it cannot be installed those tests skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null && echo "installed chromium"; } || \
+		echo "chromium is not installed and could not be (apt-get install chromium as root): the browser tests will skip"
+
 # The demo: synthetic birds -> feature store (local dask cluster) -> summary + PNG -> train -> MAP
-# -> predictions (tables, run files) -> the run file's MAP -> an attention picture from an audio file.
+# -> predictions (tables, run files) -> the run file's MAP -> an attention picture from an audio file
+# -> ... -> a review page of the predictions.
 demo: $(VENV)/.dev-installed
 	rm -rf demo_data stores/demo.zarr stores/demo-site.zarr runs/demo runs/demo-site runs/demo-site-head
 	$(SC) synth demo_data --species 5 --files-per-species 12 --min-seconds 4 --max-seconds 90 --seed 0
@@ -55,6 +64,8 @@ demo: $(VENV)/.dev-installed
 	$(SC) train --store stores/demo-site.zarr --out runs/demo-site --init-from runs/demo/checkpoints/last.pt $(DEMO_ADAPT_ARGS)
 	$(SC) fit-head --checkpoint runs/demo/checkpoints/last.pt --store stores/demo-site.zarr --out runs/demo-site-head
 	$(SC) search --embeddings runs/demo-site-head/embeddings.zarr --query site01/XC000007.wav --out runs/demo-site-head/search --top 10
+	@echo "--- a page to review the demo's detections: open it in a browser, no server needed ---"
+	$(SC) review runs/demo/predictions --no-progress
 
 # Lint and layers: ruff, then import-linter's layers contract (pyproject.toml) on the package as a
 # wheel installs it (soundception.featurize, .train, .shared, with imports inside functions counted).
@@ -65,10 +76,10 @@ lint: $(VENV)/.dev-installed
 	$(PIP) install -q --no-deps --no-compile --target build/layers/tree build/layers/wheel/*.whl
 	cd build/layers && PYTHONPATH=tree ../../$(VENV)/bin/lint-imports --no-cache ../../pyproject.toml
 
-test: lint
+test: lint browser
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-bench: $(VENV)/.dev-installed bench/data/real
+bench: $(VENV)/.dev-installed bench/data/real browser
 	$(PY) bench/codecs.py --out bench/results/codecs.json
 	$(PY) bench/featurize.py
 	$(PY) bench/loader.py
@@ -82,3 +93,4 @@ bench: $(VENV)/.dev-installed bench/data/real
 	$(PY) bench/search.py
 	$(PY) bench/head.py
 	$(PY) bench/transfer.py
+	$(PY) bench/review.py

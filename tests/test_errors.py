@@ -54,6 +54,7 @@ def commands(root) -> dict[str, tuple[list[str], str, str]]:
                        str(root / "calibration.json")], "soundception.train.calibrate", "calibrate"),
         "search": (["--embeddings", str(root / "emb.zarr"), "--query", "a.wav", "--out", str(root / "found")],
                    "soundception.train.search", "query_vectors"),
+        "review": ([str(root / "preds")], "soundception.review", "build_review"),
     }
 
 

@@ -91,3 +91,14 @@ def test_every_command_runs_beside_a_foreign_train_featurize_and_shared(installe
 def test_the_package_never_imports_a_generic_top_level_name(installed, foreign_folder, statement):
     code = f"{statement}; import sys; print([m for m in sys.modules if m.split('.')[0] in ('train', 'featurize', 'shared')])"
     assert run(installed, foreign_folder, "-c", code).stdout.strip() == "[]"
+
+
+def test_the_review_page_ships_in_the_wheel(installed, foreign_folder):
+    from review_fixture import make_predictions
+
+    predictions = make_predictions(foreign_folder / "run")
+    run(installed, foreign_folder, "-m", "soundception", "review", str(predictions), "--top", "1", "--per-bin", "0",
+        "--no-progress")
+    for name in ("index.html", "review.js", "review.css"):
+        assert (predictions / "review" / name).read_bytes() == (ROOT / "soundception/review/page" / name).read_bytes()
+    assert (predictions / "review" / "data.js").read_text().startswith("window.REVIEW = ")

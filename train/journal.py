@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,3 +78,17 @@ def read_journal(out: Path, file_id: str, key: str) -> Prediction | None:
                               segment_scores=entry["segment_scores"], bands=entry["bands"])
     except _UNREADABLE:
         return None
+
+
+def read_entries(out: Path) -> Iterator[tuple[str, Prediction]]:
+    """Every readable entry of the journal under ``out`` as ``(key, prediction)``, in file-name order,
+    whatever its key (a reader such as ``soundception review`` filters on the key's fields)."""
+    for path in sorted((Path(out) / "journal").glob("*.npz")):
+        try:
+            with np.load(path) as entry:
+                yield str(entry["key"]), Prediction(
+                    file=str(entry["file_id"]), duration=float(entry["duration"]), path=str(entry["path"]),
+                    scores=entry["scores"], segments=entry["segments"], segment_scores=entry["segment_scores"],
+                    bands=entry["bands"])
+        except _UNREADABLE:
+            continue

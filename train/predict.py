@@ -13,6 +13,7 @@ The work is listed first, recordings already predicted are dropped, then the res
                              the number of recordings), so they always hold every predicted recording.
     OUT/failures.csv         file,stage,error: recordings that could not be featurized or read.
     OUT/settings.json        checkpoint (path, sha256, step), options, versions, counts, times.
+    OUT/classes.csv          class_id,class_name: the journal's score columns, in order.
 
 A recording's key is its file id, its source file's size and modification time where the audio is
 known (else the store's image width and duration), the checkpoint's sha256 and the options that
@@ -249,6 +250,16 @@ def write_failures(out: Path, failures: Sequence[tuple[str, str, str]]) -> Path:
     return tables.write_file(out / "failures.csv", text.getvalue())
 
 
+def write_classes(out: Path, trained: TrainedModel) -> Path:
+    """``OUT/classes.csv`` (``class_id,class_name``): the journal's score columns, in order, so that a
+    reader of the journal (``soundception review``) needs no checkpoint."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(("class_id", "class_name"))
+    writer.writerows(zip(trained.classes, trained.class_names))
+    return tables.write_file(out / "classes.csv", text.getvalue())
+
+
 def versions() -> dict[str, str]:
     import numpy
     import timm
@@ -322,6 +333,7 @@ def predict_store(checkpoint: str | Path, store_url: str, out: str | Path, optio
             done.add(file_id)
     out.mkdir(parents=True, exist_ok=True)
     (out / "featurizer_config.json").write_text(json.dumps(trained.featurizer_config.to_dict(), indent=2) + "\n")
+    write_classes(out, trained)
     reused = len(done)
     rows = {file_id: row for row, file_id in enumerate(wanted)}
     predicted = run_predictions(trained, store, todo, out, keys, paths, options, hop, failed, done, progress,
