@@ -13,7 +13,10 @@ Formats (``--annotations-format``):
   ``label_column``, else the first of :data:`RAVEN_LABEL_COLUMNS` present). A table names its
   recording by ``Begin File`` or ``Begin Path`` when it has them, else by its own file name
   (``XC123.Table.1.selections.txt`` -> ``XC123``). ``File Offset (s)``, when present, is the time
-  inside the file (a table over several files counts ``Begin Time`` from the first file).
+  inside the file (a table over several files counts ``Begin Time`` from the first file). A table
+  that ``soundception review`` exported (with a ``Decision`` column) is read as its decisions: the
+  species a person confirmed, the ``Label`` they corrected it to, :data:`NOISE_LABEL` for a wrong
+  one, and no event for an unsure one (as the decisions CSV below).
 * ``audacity``: ``start<TAB>end<TAB>label`` lines, optionally each followed by a spectral line
   ``\\<TAB>low<TAB>high`` (a leading backslash or tab; a negative frequency is Audacity's "none");
   the recording is the label file's stem.
@@ -43,6 +46,7 @@ FORMATS = ("auto", "raven", "audacity", "csv", "decisions")
 NOISE_LABEL = "noise"  # the class of reviewed detections marked wrong
 DECISIONS = ("correct", "wrong", "other", "unsure")
 DECISION_COLUMNS = ("file", "start", "end", "predicted", "decision", "label")  # required, found by name
+REVIEW_DECISION, REVIEW_LABEL = "Decision", "Label"  # the columns a review's Raven export adds
 RAVEN_LABEL_COLUMNS = ("Species", "Annotation", "Species Code", "Common Name", "Label", "Class")
 BEGIN, END, LOW, HIGH = "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)"
 FILE_OFFSET, BEGIN_FILE, BEGIN_PATH = "File Offset (s)", "Begin File", "Begin Path"
@@ -171,8 +175,16 @@ def read_raven(text: str, name: str, *, label_column: str | None = None) -> list
         recording = cell(file_column, "").strip() if file_column else own_recording
         if not recording:
             raise AnnotationError(f"{where}: empty {file_column!r}")
+        species = cell(label, "")
+        if REVIEW_DECISION in columns and label_column is None:  # a review's Raven export: what was decided
+            decision = cell(REVIEW_DECISION, "").strip().lower()
+            if decision not in DECISIONS:
+                raise AnnotationError(f"{where}: decision {decision!r} is not one of {', '.join(DECISIONS)}")
+            if decision == "unsure":
+                continue
+            species = {"correct": species, "other": cell(REVIEW_LABEL, ""), "wrong": NOISE_LABEL}[decision]
         events.append(_event(recording, begin, end, _number(cell(LOW, ""), LOW, where, optional=True),
-                             _number(cell(HIGH, ""), HIGH, where, optional=True), cell(label, ""), where))
+                             _number(cell(HIGH, ""), HIGH, where, optional=True), species, where))
     return events
 
 

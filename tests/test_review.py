@@ -212,7 +212,8 @@ def expected_csv(data: dict, decided: dict[int, tuple[str, str]]) -> str:
     return text.getvalue()
 
 
-def test_deciding_by_keyboard_and_mouse_survives_a_reload_and_exports_the_expected_tables(browser, review):
+def test_deciding_by_keyboard_and_mouse_survives_a_reload_and_exports_the_expected_tables(browser, review, trained_run,
+                                                                                          tmp_path):
     page = open_page(browser, review, accept_downloads=True)
     cards = page.locator(".card")
     focused = page.locator(".card.focused")
@@ -243,15 +244,42 @@ def test_deciding_by_keyboard_and_mouse_survives_a_reload_and_exports_the_expect
         page.click("#export-csv")
     data = page_data(review)
     assert Path(download.value.path()).read_text(encoding="utf-8") == expected_csv(data, decided)
+    exported = tmp_path / "decisions.csv"
+    shutil.copy(download.value.path(), exported)
     with page.expect_download() as download:
         page.click("#export-raven")
     events = read_raven(Path(download.value.path()).read_text(encoding="utf-8"), download.value.suggested_filename)
     names = dict(CLASSES)
-    want = sorted((data["recordings"][c["recording"]][1], c["start"], c["end"], names[data["classes"][c["class"]][0]])
-                  for i, c in enumerate(data["cards"]) if i in decided)
+    # read back as annotations, the export is what was decided: the confirmed or corrected species, noise for a
+    # wrong detection, nothing for the unsure one
+    reviewed = {i: names[label] if label else "noise" for i, (decision, label) in decided.items() if decision != "unsure"}
+    want = sorted((data["recordings"][c["recording"]][1], c["start"], c["end"], reviewed[i])
+                  for i, c in enumerate(data["cards"]) if i in reviewed)
     assert sorted((e.file, e.start_s, e.end_s, e.label) for e in events) == want
     assert {(e.low_hz, e.high_hz) for e in events} == {(500.0, 6000.0)}
     page.context.close()
+    head_from_decisions(exported, data, decided, trained_run, tmp_path)
+
+
+def head_from_decisions(exported: Path, data: dict, decided: dict, trained_run, tmp_path: Path) -> None:
+    """The browser's decisions file, as annotations of the recordings it names, trains a head whose
+    classes are the decided species plus noise (the wrong ones); the unsure one is counted."""
+    from soundception.featurize.annotations import NOISE_LABEL
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.shared.reader import FeatureStore
+    from soundception.train.head import HeadOptions, fit_head
+    from soundception.train.trained import load_trained_model
+
+    audio = Path(data["recordings"][0][1]).parent
+    summary = featurize_store(audio, str(tmp_path / "decided.zarr"), config=trained_run.config, labels="none",
+                              annotations=exported)
+    assert any("1 unsure decision(s) ignored" in note for note in summary.notes)
+    expected = sorted({label or NOISE_LABEL for decision, label in decided.values() if decision != "unsure"})
+    assert expected == ["noise", "sp0", "sp1", "sp2"]
+    assert FeatureStore(str(tmp_path / "decided.zarr")).classes == expected
+    head = fit_head(trained_run.checkpoint, str(tmp_path / "decided.zarr"), tmp_path / "head",
+                    options=HeadOptions(validation_fraction=0.0), progress=False)
+    assert load_trained_model(head["checkpoint"]).classes == expected
 
 
 def test_j_at_the_end_of_a_page_opens_the_next_and_the_species_filter_narrows_the_cards(browser, tmp_path):
