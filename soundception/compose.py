@@ -339,7 +339,7 @@ def _audio_query_vectors(group: Any, audio_queries: Sequence[str], trained: Any)
               help="With --audio: labels from a CSV path,label[,background] or BirdCLEF XML instead of subfolders.")
 @click.option("--annotations", type=click.Path(exists=True), default=None,
               help="With --audio: call annotations (Raven, Audacity, CSV, a review's decisions); the windows over "
-                   "each call become examples of its species.")
+                   "each call become examples of its species, and labels come from them, not from subfolders.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for head.pt (and the embeddings).")
 @click.option("--embeddings", type=click.Path(exists=True, file_okay=False), default=None,
               help="Embeddings of STORE that predict --embeddings wrote with this checkpoint [default: embed here].")
@@ -390,7 +390,8 @@ def fit_head_command(checkpoint: str, store: str | None, audio: str | None, meta
 def featurize_labelled(audio: str, out: Path, featurizer_config: Any, *, metadata: str | None,
                        annotations: str | None, workers: int | None, progress: bool) -> str:
     """Featurize a folder of labelled recordings into ``OUT/store.zarr`` with the base checkpoint's
-    featurizer config; labels from subfolders, or ``metadata``; calls from ``annotations``. Returns the store.
+    featurizer config. Labels from ``metadata``; else, with ``annotations``, from the calls annotated
+    (subfolders may then be sites, not species); else from the subfolders. Returns the store.
 
     A recording that fails to featurize is left out and named on stderr, one line each.
 
@@ -406,7 +407,8 @@ def featurize_labelled(audio: str, out: Path, featurizer_config: Any, *, metadat
                                                  < SERIAL_SECONDS)
     with contextlib.nullcontext() if serial else local_cluster(workers) as client:
         summary = featurize_store(audio, str(store), config=featurizer_config, metadata=metadata,
-                                  labels="auto" if metadata else "folders", client=client, annotations=annotations)
+                                  labels="auto" if metadata else "none" if annotations else "folders",
+                                  client=client, annotations=annotations)
     if progress:
         for line in summary.lines():
             click.echo(line, err=True)
