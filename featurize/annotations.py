@@ -41,11 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from soundception.featurize.labels import MetadataError, _csv_body, _utf8
+from soundception.shared.decisions import DECISION_COLUMNS as ALL_DECISION_COLUMNS
+from soundception.shared.decisions import DECISIONS, NOISE_LABEL
 
 FORMATS = ("auto", "raven", "audacity", "csv", "decisions")
-NOISE_LABEL = "noise"  # the class of reviewed detections marked wrong
-DECISIONS = ("correct", "wrong", "other", "unsure")
-DECISION_COLUMNS = ("file", "start", "end", "predicted", "decision", "label")  # required, found by name
+# the decisions columns a table must have (found by name); score, weight and path are optional here
+DECISION_COLUMNS = tuple(c for c in ALL_DECISION_COLUMNS if c not in ("score", "weight", "path"))
 REVIEW_DECISION, REVIEW_LABEL = "Decision", "Label"  # the columns a review's Raven export adds
 RAVEN_LABEL_COLUMNS = ("Species", "Annotation", "Species Code", "Common Name", "Label", "Class")
 BEGIN, END, LOW, HIGH = "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)"

@@ -154,3 +154,12 @@ def test_a_recording_with_calls_gives_the_windows_over_them_labelled_by_call(tmp
     from_a = x[recordings == 0]
     assert sorted(from_a[:, 0].tolist()) == [3.0, 4.0] and set(y[recordings == 0].tolist()) == {1}
     assert len(x[recordings == 1]) == 8 and set(y[recordings == 1].tolist()) == {2}  # no calls: its label
+
+
+def test_the_contract_is_one_header_for_the_page_thresholds_and_annotations():
+    from soundception.review import DECISION_COLUMNS as written
+    from soundception.shared.decisions import DECISION_COLUMNS
+    from soundception.train import thresholds
+
+    assert ",".join(DECISION_COLUMNS) + "\n" == HEADER
+    assert written is DECISION_COLUMNS and thresholds.DECISION_COLUMNS is DECISION_COLUMNS

@@ -33,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from soundception.shared.decisions import DECISION_COLUMNS, DECISIONS
 from soundception.shared import files
 from soundception.shared.errors import UserError
 
-DECISION_COLUMNS = ("file", "start", "end", "predicted", "score", "decision", "label", "weight", "path")
-DECISIONS = ("correct", "wrong", "other", "unsure")
 THRESHOLD_COLUMNS = ("class_id", "class_name", "threshold", "precision", "n_decisions", "n_positive", "note")
 MIN_DECISIONS, MIN_POSITIVES = 10, 3
 

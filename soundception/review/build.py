@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from soundception.shared.decisions import DECISION_COLUMNS
 from soundception.shared.errors import UserError
 from soundception.shared.files import write_text
 
 PAGE_FILES = ("index.html", "review.js", "review.css")
-DECISION_COLUMNS = ("file", "start", "end", "predicted", "score", "decision", "label", "weight", "path")
 
 
 @dataclass(frozen=True)
