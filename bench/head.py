@@ -11,6 +11,7 @@ recordings is not part of this: it is ``predict --embeddings``'s cost (docs/perf
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soundception.train.head import HeadOptions, choose_c, classifier  # noqa: E402
+from soundception.train.head import HeadOptions, choose_c, classifier, one_blas_thread  # noqa: E402
 
 
 @click.command()
@@ -37,17 +38,27 @@ def main(recordings: int, classes: int, windows: int, features: int, spread: flo
     y = np.repeat(labels, windows)
     groups = np.repeat(np.arange(recordings), windows)
     options = HeadOptions()
-    started = time.perf_counter()
-    c, scores = choose_c(x, y, groups, classes, options)
-    search_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    classifier(c, options.seed).fit(x, y)
-    fit_seconds = time.perf_counter() - started
-    print(f"{recordings:,} recordings x {windows} windows x {features} features, {classes} classes")
-    print(f"cross-validation over C {options.c_grid}: {search_seconds:.1f} s "
-          f"(MAP {', '.join(f'{v:.3f}' for v in scores.values())}); final fit at C={c:g}: {fit_seconds:.1f} s; "
-          f"total {search_seconds + fit_seconds:.1f} s")
+    import threadpoolctl
 
+    blas = threadpoolctl.threadpool_info()
+    threads = max((pool["num_threads"] for pool in blas if pool["user_api"] == "blas"), default=1)
+    print(f"{recordings:,} recordings x {windows} windows x {features} features, {classes} classes")
+    totals = {}
+    for name, context in ((f"BLAS {threads} threads (numpy's default)", contextlib.nullcontext()),
+                          ("BLAS 1 thread (fit-head's)", one_blas_thread())):
+        with context:
+            started = time.perf_counter()
+            c, scores = choose_c(x, y, groups, classes, options)
+            search_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            classifier(c, options.seed).fit(x, y)
+            fit_seconds = time.perf_counter() - started
+        totals[name] = search_seconds + fit_seconds
+        print(f"{name}: cross-validation over C {options.c_grid}: {search_seconds:.1f} s "
+              f"(MAP {', '.join(f'{v:.3f}' for v in scores.values())}); final fit at C={c:g}: {fit_seconds:.1f} s; "
+              f"total {totals[name]:.1f} s")
+    first, second = totals.values()
+    print(f"one thread takes {second / first:.2f}x the default's time")
 
 if __name__ == "__main__":
     main()

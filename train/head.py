@@ -162,6 +162,15 @@ def calls_by_file(store: Any) -> dict[str, np.ndarray]:
     return found
 
 
+def one_blas_thread() -> Any:
+    """A context in which numpy's BLAS runs one thread. The logistic regression's products are small
+    (windows x features x classes); OpenBLAS's threads cost more than they give there: fitting on 315
+    windows x 576 features took 2-6 s with 2 threads and 0.1-0.4 s with one (``bench/head.py``)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def classifier(c: float, seed: int) -> Any:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -265,8 +274,9 @@ def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddi
     x, y, recordings = window_examples(group, train_ids, labels[list(split.train)],
                                        per_recording=options.windows_per_recording, seed=options.seed,
                                        events=calls)
-    c, scores = choose_c(x, y, recordings, len(store.classes), options)
-    pipeline = classifier(c, options.seed).fit(x, y)
+    with one_blas_thread():
+        c, scores = choose_c(x, y, recordings, len(store.classes), options)
+        pipeline = classifier(c, options.seed).fit(x, y)
     fit_seconds = time.perf_counter() - started
     weight, bias = linear_weights(pipeline, len(store.classes))
     path = write_head_checkpoint(trained, store, split, weight, bias, out / "head.pt", head={
