@@ -37,7 +37,7 @@
     const options = [["", "All species", decided, R.cards.length]];
     for (const [c, n] of [...counts.entries()].sort((a, b) => a[0] - b[0])) options.push([String(c), className(c), n[0], n[1]]);
     const chosen = select.value;
-    select.replaceChildren(...options.map(([value, name, d, t]) => new Option(`${name} (${d}/${t} decided)`, value)));
+    select.replaceChildren(...options.map(([value, name, d, t]) => new Option(`${name} (${d.toLocaleString("en")}/${t.toLocaleString("en")} decided)`, value)));
     select.value = chosen;
     $("progress-bar").style.width = (100 * decided / Math.max(1, R.cards.length)) + "%";
     $("summary").textContent = `${R.cards.length.toLocaleString("en")} cards, ${counts.size} species, ${decided.toLocaleString("en")} decided`;
@@ -70,7 +70,7 @@
     if (last < n) add(last < n - 1 ? `… ${n}` : String(n), n - 1, false);
     add("next ›", page + 1, false);
     const where = document.createElement("span");
-    where.textContent = ` page ${page + 1} of ${n} (${list.length} cards)`;
+    where.textContent = ` page ${page + 1} of ${n} (${list.length.toLocaleString("en")} cards)`;
     nav.replaceChildren(...buttons, where);
   }
   function showPage(p, focus, scroll = true) {
