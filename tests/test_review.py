@@ -141,6 +141,14 @@ def test_predictions_without_segments_are_refused_in_one_line(tmp_path):
     assert not (predictions / "review").exists()
 
 
+def test_a_damaged_classes_table_is_refused_in_one_line(tmp_path):
+    predictions = make_predictions(tmp_path)
+    (predictions / "classes.csv").write_text("id,name\nsp0,Alpha warbler\n")
+    result = CliRunner().invoke(main, ["review", str(predictions), "--no-progress"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "expected the columns class_id,class_name" in result.output and "unexpected" not in result.output
+
+
 # ------------------------------------------------------------------------------------------ the page
 
 

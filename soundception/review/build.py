@@ -161,6 +161,9 @@ def read_run(predictions: Path) -> Run:
                         "predict command to write it (its journal is reused)")
     with open(classes, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    if not rows or any(r.get("class_id") is None or r.get("class_name") is None for r in rows):
+        raise UserError(f"{classes}: expected the columns class_id,class_name (written by predict); rerun the "
+                        "same predict command to write it again (its journal is reused)")
     class_ids, class_names = [r["class_id"] for r in rows], [r["class_name"] for r in rows]
     top_k, min_score = int(options.get("top_k", 5)), float(options.get("min_score", 0.0))
     recordings, found = [], []  # only each entry's rows are kept, not its (segments, classes) scores
