@@ -169,3 +169,13 @@ def test_thresholds_from_the_validation_split_count_its_recordings(trained_run, 
     segments = CliRunner().invoke(main, ["thresholds", "--checkpoint", str(trained_run.checkpoint), "--store",
                                          trained_run.store, "--out", str(out), "--segments", "1"])
     assert segments.exit_code == 1 and "no annotated calls" in segments.output
+
+
+def test_the_noise_class_stays_out_of_the_raven_and_audacity_rows():
+    from soundception.train.predict import shown
+
+    rows = [tables.Detection("a.wav", 0.0, 5.0, c, c, score, rank) for c, score, rank in
+            (("noise", 0.9, 1), ("sp0", 0.5, 2), ("sp1", 0.05, 3), ("sp2", 0.3, 4))]
+    kept = shown(rows, min_score=0.1, thresholds={"sp2": 0.4})
+    assert [r.class_id for r in kept] == ["sp0"]  # noise left out, sp1 under 0.1, sp2 under its 0.4
+    assert [r.class_id for r in shown(rows, min_score=0.0, thresholds=None)] == ["sp0", "sp1", "sp2"]

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from soundception.shared import schema
+from soundception.shared.decisions import NOISE_LABEL
 from soundception.shared.progress import Progress
 from soundception.shared.reader import FeatureStore
 from soundception.train import tables
@@ -171,9 +172,13 @@ def calibrated(scores: np.ndarray, calibration: Mapping[str, Any] | None, kind: 
 def shown(rows: Sequence[tables.Detection], *, min_score: float,
           thresholds: Mapping[str, float | None] | None) -> list[tables.Detection]:
     """The rows the Raven and Audacity tables list: score >= the species' threshold (``min_score`` for
-    a species without one; none of a species whose threshold is ``None``)."""
+    a species without one; none of a species whose threshold is ``None``), and none of the class
+    :data:`shared.decisions.NOISE_LABEL` (a head or model that learned from a review's wrong
+    detections has it; it is no species to open in Raven; the CSV keeps it)."""
     kept = []
     for row in rows:
+        if row.class_id == NOISE_LABEL:
+            continue
         threshold = thresholds.get(row.class_id, min_score) if thresholds is not None else min_score
         if threshold is not None and row.score >= threshold:
             kept.append(row)
