@@ -112,3 +112,23 @@ def test_call_crops_on_a_store_without_calls_is_refused_in_one_line(tmp_path, st
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match=r"call_crops must be a fraction in \[0, 1\]"):
         RunConfig(store="s", out="o", call_crops=1.5)
+
+
+def test_call_crops_whose_calls_are_all_in_validation_is_refused_in_one_line(tmp_path):
+    from soundception.train.dataset import split_files
+    from soundception.train.loop import train
+
+    audio = tmp_path / "audio"
+    for k in range(4):
+        write(audio / f"sp{k % 2}" / f"XC{k}.wav", tone(1500.0 + 700 * (k % 2), 3.0, amplitude=0.3) + noise(3.0, seed=k))
+    store = str(tmp_path / "s.zarr")
+    featurize_store(audio, store, config=CONFIG, metadata=None, labels="folders")
+    opened = FeatureStore(store)
+    split = split_files(opened, validation_fraction=0.25, seed=0)
+    held = split.validation_ids[0]
+    (tmp_path / "calls.csv").write_text(f"path,start,end,label\n{held},0.5,1.0,{held.split('/')[0]}\n")
+    featurize_store(audio, store, config=CONFIG, metadata=None, labels="folders", annotations=tmp_path / "calls.csv")
+    with pytest.raises(UserError, match="all in the validation split") as error:
+        train(RunConfig(store=store, out=str(tmp_path / "run"), call_crops=0.5, validation_fraction=0.25, seed=0),
+              progress=False)
+    assert "\n" not in str(error.value)

@@ -137,6 +137,10 @@ def set_up(config: RunConfig, *, resume: bool) -> tuple[Run, dict[str, Any] | No
         split.check_against(store)
     else:
         split = split_files(store, validation_fraction=config.validation_fraction, seed=config.seed)
+    if config.call_crops > 0 and not np.isin(store.events["event_file"], split.train).any():
+        raise UserError(f"--call-crops needs call annotations in training recordings, and the "
+                        f"{len(set(store.events['event_file'].tolist()))} annotated recording(s) of {config.store} "
+                        "are all in the validation split (annotate more recordings, or change --seed)")
     model = initial_model(config, len(store.classes), payload, runtime.device)  # a bad backbone fails here
     origin = payload.get("init_from") if payload is not None else None
     if payload is None and config.init_from:
