@@ -14,9 +14,9 @@ Formats (``--annotations-format``):
   recording by ``Begin File`` or ``Begin Path`` when it has them, else by its own file name
   (``XC123.Table.1.selections.txt`` -> ``XC123``). ``File Offset (s)``, when present, is the time
   inside the file (a table over several files counts ``Begin Time`` from the first file). A table
-  that ``soundception review`` exported (with a ``Decision`` column) is read as its decisions: the
-  species a person confirmed, the ``Label`` they corrected it to, :data:`NOISE_LABEL` for a wrong
-  one, and no event for an unsure one (as the decisions CSV below).
+  that ``soundception review`` exported (with a ``Decision`` column) is read as its decisions, with
+  or without ``label_column``: the species a person confirmed, the ``Label`` they corrected it to,
+  :data:`NOISE_LABEL` for a wrong one, and no event for an unsure one (as the decisions CSV below).
 * ``audacity``: ``start<TAB>end<TAB>label`` lines, optionally each followed by a spectral line
   ``\\<TAB>low<TAB>high`` (a leading backslash or tab; a negative frequency is Audacity's "none");
   the recording is the label file's stem.
@@ -177,7 +177,9 @@ def read_raven(text: str, name: str, *, label_column: str | None = None) -> list
         if not recording:
             raise AnnotationError(f"{where}: empty {file_column!r}")
         species = cell(label, "")
-        if REVIEW_DECISION in columns and label_column is None:  # a review's Raven export: what was decided
+        # a review's Raven export: what was decided, whichever column names the species (a wrong detection
+        # read as its Species would be a call of the species a person said is not there)
+        if REVIEW_DECISION in columns:
             decision = cell(REVIEW_DECISION, "").strip().lower()
             if decision not in DECISIONS:
                 raise AnnotationError(f"{where}: decision {decision!r} is not one of {', '.join(DECISIONS)}")

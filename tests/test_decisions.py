@@ -163,3 +163,20 @@ def test_the_contract_is_one_header_for_the_page_thresholds_and_annotations():
 
     assert ",".join(DECISION_COLUMNS) + "\n" == HEADER
     assert written is DECISION_COLUMNS and thresholds.DECISION_COLUMNS is DECISION_COLUMNS
+
+
+REVIEW_RAVEN = ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tSpecies\tScore\t"
+                "Begin Path\tFile Offset (s)\tDecision\tLabel\tWeight\n"
+                "1\tSpectrogram 1\t1\t0.5\t1.0\t500.0\t6000.0\tOne\t0.9\t/r/A.wav\t0.5\tcorrect\tOne\t1\n"
+                "2\tSpectrogram 1\t1\t5.0\t6.0\t500.0\t6000.0\tOne\t0.8\t/r/B.wav\t1.0\twrong\t\t1\n"
+                "3\tSpectrogram 1\t1\t7.0\t8.0\t500.0\t6000.0\tOne\t0.7\t/r/B.wav\t3.0\tother\tTwo\t1\n"
+                "4\tSpectrogram 1\t1\t9.0\t9.5\t500.0\t6000.0\tOne\t0.6\t/r/B.wav\t5.0\tunsure\t\t1\n")
+
+
+@pytest.mark.parametrize("label_column", [None, "Species"])
+def test_a_reviews_raven_export_reads_as_its_decisions_whichever_label_column(label_column):
+    from soundception.featurize.annotations import read_raven
+
+    events = read_raven(REVIEW_RAVEN, "decisions-r1.selections.txt", label_column=label_column)
+    assert [(e.file, e.start_s, e.end_s, e.label) for e in events] == [
+        ("/r/A.wav", 0.5, 1.0, "One"), ("/r/B.wav", 1.0, 2.0, NOISE_LABEL), ("/r/B.wav", 3.0, 4.0, "Two")]
