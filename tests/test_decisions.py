@@ -70,6 +70,7 @@ def test_a_table_without_a_decision_column_names_what_is_missing():
 def test_noise_labels_a_recording_only_when_nothing_else_is_annotated():
     assert labels_from_events([(NOISE_LABEL, 0.0, 9.0), ("sp01", 1.0, 2.0)]) == ("sp01", ())
     assert labels_from_events([(NOISE_LABEL, 0.0, 9.0)]) == (NOISE_LABEL, ())
+    assert labels_from_events([("sp01", 0.0, 9.0), (NOISE_LABEL, 1.0, 2.0)]) == ("sp01", ())  # nor a background
     assert labels_from_events([(NOISE_LABEL, 0.0, 9.0), ("sp01", 1.0, 2.0), ("sp02", 3.0, 3.5)]) == ("sp01", ("sp02",))
 
 
@@ -180,3 +181,13 @@ def test_a_reviews_raven_export_reads_as_its_decisions_whichever_label_column(la
     events = read_raven(REVIEW_RAVEN, "decisions-r1.selections.txt", label_column=label_column)
     assert [(e.file, e.start_s, e.end_s, e.label) for e in events] == [
         ("/r/A.wav", 0.5, 1.0, "One"), ("/r/B.wav", 1.0, 2.0, NOISE_LABEL), ("/r/B.wav", 3.0, 4.0, "Two")]
+
+
+def test_recording_map_counts_every_class_a_recordings_calls_are_of():
+    from soundception.train.head import recording_map
+
+    # one recording whose windows are calls of classes 0 and 2: its mean ranks 2, 0, 1, so both relevant
+    # classes come first (MAP 1); with only its first window's class relevant the MAP would be 1/2
+    probabilities = np.array([[0.3, 0.1, 0.6], [0.3, 0.1, 0.6]])
+    assert recording_map(probabilities, np.array([0, 0]), np.array([0, 2]), 3) == pytest.approx(1.0)
+    assert recording_map(probabilities, np.array([0, 0]), np.array([0, 0]), 3) == pytest.approx(0.5)
