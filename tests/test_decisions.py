@@ -191,3 +191,20 @@ def test_recording_map_counts_every_class_a_recordings_calls_are_of():
     probabilities = np.array([[0.3, 0.1, 0.6], [0.3, 0.1, 0.6]])
     assert recording_map(probabilities, np.array([0, 0]), np.array([0, 2]), 3) == pytest.approx(1.0)
     assert recording_map(probabilities, np.array([0, 0]), np.array([0, 0]), 3) == pytest.approx(0.5)
+
+
+def test_fit_head_audio_with_annotations_takes_labels_from_the_calls_not_the_site_folders(tmp_path):
+    from soundception.compose import featurize_labelled
+
+    audio = tmp_path / "audio"
+    for k, name in enumerate(("siteA/XC1.WAV", "siteB/deep/XC2.wav")):
+        write(audio / name, tone(1500.0 + 700 * k, 3.0, amplitude=0.3) + noise(3.0, seed=k))
+    (tmp_path / "decisions.csv").write_text(
+        HEADER + "siteA/XC1.WAV,0.5,1.0,sp01,0.9,correct,sp01,1,\nsiteB/deep/XC2.wav,1.0,2.0,sp01,0.8,wrong,,1,\n")
+    store = featurize_labelled(str(audio), tmp_path / "out", FeaturizerConfig(image_height=64, image_seconds=0.75,
+                                                                              min_duration=2.0),
+                               metadata=None, annotations=str(tmp_path / "decisions.csv"), workers=0, progress=False)
+    opened = FeatureStore(store)
+    assert sorted(opened.classes) == [NOISE_LABEL, "sp01"]
+    labels = {str(f): opened.classes[label] for f, label in zip(opened.ids, opened.table["label"])}
+    assert labels == {"siteA/XC1.WAV": "sp01", "siteB/deep/XC2.wav": NOISE_LABEL}
