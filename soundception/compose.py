@@ -416,4 +416,11 @@ def featurize_labelled(audio: str, out: Path, featurizer_config: Any, *, metadat
         click.echo(f"left out {file_id}: {reason}", err=True)
     if summary.done + summary.skipped == 0:
         raise UserError(f"no recording of {audio} could be featurized")
+    if annotations and not metadata:
+        from soundception.shared.reader import FeatureStore
+
+        if not FeatureStore(str(store)).classes:  # else fit-head says "no classes", the cause unseen with --no-progress
+            issues = summary.annotation_issues
+            raise UserError(f"no call annotation of {annotations} names a recording under {audio}"
+                            + (f" ({len(issues)} such; the first: {issues[0]})" if issues else ""))
     return str(store)

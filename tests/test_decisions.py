@@ -208,3 +208,16 @@ def test_fit_head_audio_with_annotations_takes_labels_from_the_calls_not_the_sit
     assert sorted(opened.classes) == [NOISE_LABEL, "sp01"]
     labels = {str(f): opened.classes[label] for f, label in zip(opened.ids, opened.table["label"])}
     assert labels == {"siteA/XC1.WAV": "sp01", "siteB/deep/XC2.wav": NOISE_LABEL}
+
+
+def test_fit_head_audio_whose_annotations_name_no_recording_says_so_in_one_line(tmp_path):
+    from soundception.compose import featurize_labelled
+    from soundception.shared.errors import UserError
+
+    write(tmp_path / "audio" / "site" / "XC1.wav", tone(1500.0, 3.0, amplitude=0.3))
+    (tmp_path / "d.csv").write_text(HEADER + "other/YY1.wav,0.5,1.0,sp01,0.9,correct,sp01,1,\n")
+    with pytest.raises(UserError, match=r"no call annotation of .*d.csv names a recording under .*'other/YY1.wav'") as error:
+        featurize_labelled(str(tmp_path / "audio"), tmp_path / "out", FeaturizerConfig(image_height=64, image_seconds=0.75,
+                                                                                       min_duration=2.0),
+                           metadata=None, annotations=str(tmp_path / "d.csv"), workers=0, progress=False)
+    assert "\n" not in str(error.value)
