@@ -71,6 +71,7 @@ def test_noise_labels_a_recording_only_when_nothing_else_is_annotated():
     assert labels_from_events([(NOISE_LABEL, 0.0, 9.0), ("sp01", 1.0, 2.0)]) == ("sp01", ())
     assert labels_from_events([(NOISE_LABEL, 0.0, 9.0)]) == (NOISE_LABEL, ())
     assert labels_from_events([("sp01", 0.0, 9.0), (NOISE_LABEL, 1.0, 2.0)]) == ("sp01", ())  # nor a background
+    assert labels_from_events([("sp02", 0.0, 1.0), ("sp01", 2.0, 3.0)]) == ("sp01", ("sp02",))  # a tie: first id
     assert labels_from_events([(NOISE_LABEL, 0.0, 9.0), ("sp01", 1.0, 2.0), ("sp02", 3.0, 3.5)]) == ("sp01", ("sp02",))
 
 
