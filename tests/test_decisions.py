@@ -222,3 +222,22 @@ def test_fit_head_audio_whose_annotations_name_no_recording_says_so_in_one_line(
                                                                                        min_duration=2.0),
                            metadata=None, annotations=str(tmp_path / "d.csv"), workers=0, progress=False)
     assert "\n" not in str(error.value)
+
+
+def test_a_class_whose_calls_overlap_no_window_is_named_not_fitted(trained_run, tmp_path):
+    """A call past its recording's end is stored (and listed) but gives the head nothing to learn from."""
+    from soundception.featurize.pipeline import featurize_store
+    from soundception.train.config import UserError
+    from soundception.train.head import HeadOptions, fit_head
+
+    files = sorted(p.relative_to(trained_run.audio).as_posix() for p in trained_run.audio.rglob("*.*"))[::6][:3]
+    rows = [f"{f},0.25,1.75,{f.split('/')[0]}" for f in files] + [f"{files[0]},500,501,ghost"]
+    table = tmp_path / "calls.csv"
+    table.write_text("path,start,end,label\n" + "\n".join(rows) + "\n")
+    store = str(tmp_path / "s.zarr")
+    summary = featurize_store(trained_run.audio, store, config=trained_run.config, labels="none", annotations=table,
+                              only=files)
+    assert any("ghost" in line for line in summary.annotation_issues)  # listed as past the end
+    with pytest.raises(UserError, match="class 'ghost' has no window to fit on"):
+        fit_head(trained_run.checkpoint, store, tmp_path / "head", options=HeadOptions(validation_fraction=0.0),
+                 progress=False)

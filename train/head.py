@@ -274,6 +274,10 @@ def fit_head(checkpoint: str | Path, store_url: str, out: str | Path, *, embeddi
     x, y, recordings = window_examples(group, train_ids, labels[list(split.train)],
                                        per_recording=options.windows_per_recording, seed=options.seed,
                                        events=calls)
+    unseen = sorted(set(range(len(store.classes))) - set(np.unique(y).tolist()))
+    if unseen:  # e.g. a class whose only calls lie past their recording's end, over no window
+        raise UserError(f"class {store.classes[unseen[0]]!r} has no window to fit on ({len(unseen)} such class(es)): "
+                        "its calls overlap no window of a training recording (past the recording's end?)")
     with one_blas_thread():
         c, scores = choose_c(x, y, recordings, len(store.classes), options)
         pipeline = classifier(c, options.seed).fit(x, y)
