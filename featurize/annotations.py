@@ -335,9 +335,17 @@ def read_annotations(path: str | Path, *, format: str = "auto", label_column: st
     if format not in FORMATS:
         raise ValueError(f"annotation format must be one of {FORMATS}, got {format!r}")
     events: list[Event] = []
+    exports: dict[str, Path] = {}  # a review's two exports: the CSV (class ids) and the Raven table (names)
     for file in annotation_files(path):
         text = _utf8(file.read_bytes(), str(file))
         kind = detect_format(file.name, text) if format == "auto" else format
+        head = text.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r").split("\t")
+        export = "decisions" if kind == "decisions" else "raven" if kind == "raven" and REVIEW_DECISION in head else ""
+        if export:
+            exports.setdefault(export, file)
+            if len(exports) == 2:
+                raise AnnotationError(f"{path} holds both exports of a review ({exports['decisions'].name} and "
+                                      f"{exports['raven'].name}): give one of them, or each call is read twice")
         if kind == "raven":
             events += read_raven(text, str(file), label_column=label_column)
         elif kind == "audacity":

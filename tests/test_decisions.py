@@ -241,3 +241,17 @@ def test_a_class_whose_calls_overlap_no_window_is_named_not_fitted(trained_run, 
     with pytest.raises(UserError, match="class 'ghost' has no window to fit on"):
         fit_head(trained_run.checkpoint, store, tmp_path / "head", options=HeadOptions(validation_fraction=0.0),
                  progress=False)
+
+
+def test_a_folder_with_both_exports_of_a_review_is_refused_in_one_line(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "decisions-r1.csv").write_text(HEADER + ROWS[0] + "\n")
+    raven = ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tSpecies\t"
+             "Score\tBegin Path\tFile Offset (s)\tDecision\tLabel\tWeight\n"
+             "1\tSpectrogram 1\t1\t0.5\t1.5\t0\t11025\tAlpha\t0.91\t/data/a/XC1.wav\t0.5\tcorrect\tAlpha\t1\n")
+    (tmp_path / "d" / "decisions-r1.selections.txt").write_text(raven)
+    with pytest.raises(AnnotationError, match="holds both exports of a review") as error:
+        read_annotations(tmp_path / "d")
+    assert "\n" not in str(error.value)
+    (tmp_path / "d" / "decisions-r1.csv").unlink()
+    assert [e.label for e in read_annotations(tmp_path / "d")] == ["Alpha"]
