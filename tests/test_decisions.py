@@ -255,3 +255,9 @@ def test_a_folder_with_both_exports_of_a_review_is_refused_in_one_line(tmp_path)
     assert "\n" not in str(error.value)
     (tmp_path / "d" / "decisions-r1.csv").unlink()
     assert [e.label for e in read_annotations(tmp_path / "d")] == ["Alpha"]
+
+
+def test_decisions_are_read_whatever_their_case():
+    events, unsure = read_decisions(HEADER + "XC1.wav,0,1,sp00,0.9,Correct,,1,\nXC1.wav,2,3,sp00,0.4,UNSURE,,1,\n"
+                                    "XC1.wav,4,5,sp00,0.3,Wrong,,1,\n", "d.csv")
+    assert [e.label for e in events] == ["sp00", NOISE_LABEL] and unsure == 1
