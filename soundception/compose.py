@@ -99,20 +99,26 @@ def featurize_inputs(root: str, files: dict[str, str], out: Path, featurizer_con
     this process; more on a local dask cluster of ``workers`` processes.
     """
     from soundception.featurize.audio import fingerprint
-    from soundception.featurize.cluster import local_cluster
     from soundception.featurize.pipeline import featurize_store
 
     store = out / "stores" / (hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12] + ".zarr")
     fingerprints = {i: fingerprint(p, storage_options) for i, p in files.items()}
-    serial = workers == 0 or (workers is None and total_seconds(files.values(), storage_options)
-                                                 < SERIAL_SECONDS)
-    with contextlib.nullcontext() if serial else local_cluster(workers) as client:
+    with featurize_client(workers, files.values(), storage_options) as client:
         summary = featurize_store(root, str(store), config=featurizer_config, labels="none", client=client,
                                   only=list(files), new_audio_root=False, storage_options=storage_options,
                                   fingerprints=fingerprints)
     if progress:
         click.echo(f"featurized {summary.submitted} file(s) into {store} ({summary.skipped} already there)", err=True)
     return str(store), {i: {**f, "path": files[i]} for i, f in fingerprints.items()}
+
+
+def featurize_client(workers: int | None, paths: Iterable[str], storage_options: dict | None = None) -> Any:
+    """The dask client to featurize ``paths`` with, as a context: none (this process) for ``workers == 0``
+    or, by default, for less than :data:`SERIAL_SECONDS` of audio; else a local cluster of ``workers``."""
+    from soundception.featurize.cluster import local_cluster
+
+    serial = workers == 0 or (workers is None and total_seconds(paths, storage_options) < SERIAL_SECONDS)
+    return contextlib.nullcontext() if serial else local_cluster(workers)
 
 
 def total_seconds(paths: Iterable[str], storage_options: dict | None = None) -> float:
@@ -398,14 +404,12 @@ def featurize_labelled(audio: str, out: Path, featurizer_config: Any, *, metadat
     Raises:
         UserError: no recording could be featurized.
     """
-    from soundception.featurize.cluster import local_cluster
     from soundception.featurize.labels import discover_audio
     from soundception.featurize.pipeline import featurize_store
     from soundception.shared.errors import UserError
+
     store = out / "store.zarr"
-    serial = workers == 0 or (workers is None and total_seconds(str(p) for p in discover_audio(audio))
-                                                 < SERIAL_SECONDS)
-    with contextlib.nullcontext() if serial else local_cluster(workers) as client:
+    with featurize_client(workers, (str(p) for p in discover_audio(audio))) as client:
         summary = featurize_store(audio, str(store), config=featurizer_config, metadata=metadata,
                                   labels="auto" if metadata else "none" if annotations else "folders",
                                   client=client, annotations=annotations)

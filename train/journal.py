@@ -73,11 +73,16 @@ def read_journal(out: Path, file_id: str, key: str) -> Prediction | None:
         with np.load(journal_path(out, file_id)) as entry:
             if str(entry["key"]) != key or str(entry["file_id"]) != file_id:
                 return None
-            return Prediction(file=file_id, duration=float(entry["duration"]), path=str(entry["path"]),
-                              scores=entry["scores"], segments=entry["segments"],
-                              segment_scores=entry["segment_scores"], bands=entry["bands"])
+            return _prediction(entry)
     except _UNREADABLE:
         return None
+
+
+def _prediction(entry: np.lib.npyio.NpzFile) -> Prediction:
+    """The :class:`Prediction` an open entry holds."""
+    return Prediction(file=str(entry["file_id"]), duration=float(entry["duration"]), path=str(entry["path"]),
+                      scores=entry["scores"], segments=entry["segments"], segment_scores=entry["segment_scores"],
+                      bands=entry["bands"])
 
 
 def read_entries(out: Path) -> Iterator[tuple[str, Prediction]]:
@@ -86,9 +91,6 @@ def read_entries(out: Path) -> Iterator[tuple[str, Prediction]]:
     for path in sorted((Path(out) / "journal").glob("*.npz")):
         try:
             with np.load(path) as entry:
-                yield str(entry["key"]), Prediction(
-                    file=str(entry["file_id"]), duration=float(entry["duration"]), path=str(entry["path"]),
-                    scores=entry["scores"], segments=entry["segments"], segment_scores=entry["segment_scores"],
-                    bands=entry["bands"])
+                yield str(entry["key"]), _prediction(entry)
         except _UNREADABLE:
             continue
